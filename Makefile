@@ -1,0 +1,59 @@
+# GrimBots: the two set-up commands are `make lab` and `make test` (README.md).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV ?= .venv
+BIN := $(CURDIR)/$(VENV)/bin
+export PATH := $(BIN):$(PATH)
+# Podman settings for these machines (runc, rlimits) without editing /etc.
+export CONTAINERS_CONF := $(CURDIR)/containers/containers.conf
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+export GRIMBOTS_BASE_IMAGE ?= localhost/grimbots-base:bookworm
+# Container names, networks and Molecule state carry this id, so two checkouts on one
+# machine never touch each other's containers.
+export GRIMBOTS_RUN_ID ?= $(shell printf %s "$(CURDIR)" | sha1sum | cut -c1-8)
+
+WHEELHOUSE := $(CURDIR)/build/wheelhouse
+
+.PHONY: help
+help: ## List the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+## ---- set-up -------------------------------------------------------------------
+.PHONY: setup base-image constraints wheelhouse
+setup: ## Install Debian packages, the venv and the base image (idempotent)
+	@scripts/setup-host.sh
+
+base-image: ## Rebuild the local systemd base image
+	@scripts/build-base-image.sh $(GRIMBOTS_BASE_IMAGE) --force
+
+constraints: ## Re-pin every tool and app dependency into constraints.txt
+	@tmp=$$(mktemp -d) && python3 -m venv $$tmp && \
+	  $$tmp/bin/pip install -q -r requirements/dev.in ./app && \
+	  { echo '# Exact versions for the controller venv and the app wheelhouse. Regenerate: make constraints'; \
+	    $$tmp/bin/pip freeze --exclude-editable | grep -v '^grimbots=='; } > constraints.txt && \
+	  rm -rf $$tmp && echo "constraints.txt re-pinned"
+
+wheelhouse: setup ## Build the app and its pinned dependencies as wheels for the hosts
+	@rm -rf $(WHEELHOUSE) && mkdir -p $(WHEELHOUSE)
+	@$(BIN)/pip wheel -q -c constraints.txt --wheel-dir $(WHEELHOUSE) ./app 2>&1 | grep -v 'is ignored' || true
+	@ls $(WHEELHOUSE)/grimbots-*.whl >/dev/null && echo "wheelhouse: $$(ls $(WHEELHOUSE) | wc -l) wheels in $(WHEELHOUSE)"
+
+## ---- tests ----------------------------------------------------------------------
+.PHONY: test lint test-app test-molecule
+test: setup ## Lint, app tests and every Molecule scenario, with a summary
+	@scripts/run-tests.sh
+
+lint: ## ansible-lint (production profile), yamllint, ruff
+	@scripts/run-tests.sh lint
+
+test-app: ## The app's tests against real Redis and PostgreSQL
+	@scripts/run-tests.sh app
+
+test-molecule: ## Every Molecule scenario (or SCENARIO=name)
+	@scripts/run-tests.sh molecule $(SCENARIO)
+
+## ---- lab (until the phase-1 playbooks land it stops after host set-up) ------------
+.PHONY: lab
+lab: setup ## Bring the lab up on local containers and print where to look
+	@echo "lab: host set-up done; the phase-1 stack (site.yml on local containers) is not built yet."
