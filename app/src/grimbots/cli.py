@@ -1,0 +1,217 @@
+"""The `grimbots` command line (used by Ansible, operators and tests).
+
+Every command that touches the app reads the same GRIMBOTS_* settings as the web tier;
+a bad setting exits with code 2 and one line naming it. Machine-readable output is JSON.
+"""
+
+from __future__ import annotations
+
+import secrets
+import sys
+
+import click
+import orjson
+from sqlalchemy import select
+
+from grimbots.settings import load_settings_or_exit
+
+
+def _print_json(value: object) -> None:
+    click.echo(orjson.dumps(value).decode())
+
+
+def _services():
+    from grimbots.logs import configure_logging
+    from grimbots.services import init_services
+
+    settings = load_settings_or_exit()
+    configure_logging(settings.log_level)
+    return init_services(settings)
+
+
+@click.group()
+def main() -> None:
+    """grimbots: Telegram sales bots."""
+
+
+@main.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+def db_upgrade(revision: str) -> None:
+    """Apply the Alembic migrations shipped with the package."""
+    from grimbots import migrate
+
+    settings = load_settings_or_exit()
+    migrate.upgrade(settings.database_url, revision)
+    _print_json({"revision": migrate.current_revision(settings.database_url)})
+
+
+@main.group()
+def bots() -> None:
+    """Telegram bots."""
+
+
+@bots.command("add")
+@click.option("--name", required=True)
+@click.option("--token", required=True, help="Bot API token from @BotFather")
+@click.option("--secret", default=None, help="webhook secret (default: random, or keep)")
+@click.option("--welcome", default=None, help="text sent on /start")
+def bots_add(name: str, token: str, secret: str | None, welcome: str | None) -> None:
+    """Create a bot, idempotent by name. Prints {"id", "created", "updated"}.
+
+    An existing bot keeps its values unless new ones are given; "updated" says whether
+    anything changed (for Ansible's changed_when: created or updated).
+    """
+    from grimbots.models import Bot
+
+    if secret is not None and not _valid_secret(secret):
+        raise click.BadParameter(
+            "1-256 characters of A-Z, a-z, 0-9, _ and -", param_hint="--secret"
+        )
+    services = _services()
+    with services.db.session() as session:
+        bot = session.scalar(select(Bot).where(Bot.name == name))
+        if bot is None:
+            bot = Bot(
+                name=name,
+                token=token,
+                webhook_secret=secret or secrets.token_urlsafe(32),
+                welcome_text=welcome or "",
+            )
+            session.add(bot)
+            session.flush()
+            result = {"id": bot.id, "created": True, "updated": False}
+        else:
+            wanted = {"token": token, "webhook_secret": secret, "welcome_text": welcome}
+            changed = False
+            for field, value in wanted.items():
+                if value is not None and getattr(bot, field) != value:
+                    setattr(bot, field, value)
+                    changed = True
+            result = {"id": bot.id, "created": False, "updated": changed}
+    _print_json(result)
+
+
+def _valid_secret(secret: str) -> bool:
+    allowed = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+    return 1 <= len(secret) <= 256 and set(secret) <= allowed
+
+
+@bots.command("list")
+def bots_list() -> None:
+    """List bots as JSON (never tokens or secrets)."""
+    from grimbots.models import Bot
+
+    services = _services()
+    with services.db.session() as session:
+        rows = session.execute(select(Bot.id, Bot.name, Bot.welcome_text).order_by(Bot.id)).all()
+    _print_json([{"id": r.id, "name": r.name, "welcome_text": r.welcome_text} for r in rows])
+
+
+@main.group()
+def offers() -> None:
+    """Offers a bot sells."""
+
+
+@offers.command("add")
+@click.option("--bot", "bot_id", required=True, type=int)
+@click.option("--name", required=True)
+@click.option("--price-cents", required=True, type=click.IntRange(min=1))
+@click.option("--access-link", required=True)
+def offers_add(bot_id: int, name: str, price_cents: int, access_link: str) -> None:
+    """Create an offer, idempotent by (bot, name). Prints {"id", "created", "updated"}."""
+    from grimbots.models import Bot, Offer
+
+    services = _services()
+    with services.db.session() as session:
+        if session.get(Bot, bot_id) is None:
+            raise click.ClickException(f"no bot with id {bot_id}")
+        offer = session.scalar(select(Offer).where(Offer.bot_id == bot_id, Offer.name == name))
+        if offer is None:
+            offer = Offer(
+                bot_id=bot_id, name=name, price_cents=price_cents, access_link=access_link
+            )
+            session.add(offer)
+            session.flush()
+            result = {"id": offer.id, "created": True, "updated": False}
+        else:
+            changed = (offer.price_cents, offer.access_link) != (price_cents, access_link)
+            offer.price_cents, offer.access_link = price_cents, access_link
+            result = {"id": offer.id, "created": False, "updated": changed}
+    _print_json(result)
+
+
+@main.command("set-webhook")
+@click.option("--bot", "bot_id", required=True, type=int)
+@click.option(
+    "--url", "base_url", required=True, help="public base URL, e.g. https://bots.example.com"
+)
+def set_webhook(bot_id: int, base_url: str) -> None:
+    """Point Telegram at <url>/webhook/telegram/<bot> with the bot's secret."""
+    from grimbots.models import Bot
+
+    services = _services()
+    with services.db.session() as session:
+        bot = session.get(Bot, bot_id)
+        if bot is None:
+            raise click.ClickException(f"no bot with id {bot_id}")
+        token, secret = bot.token, bot.webhook_secret
+    url = f"{base_url.rstrip('/')}/webhook/telegram/{bot_id}"
+    result = services.telegram.call(
+        token,
+        "setWebhook",
+        {"url": url, "secret_token": secret, "allowed_updates": ["message", "callback_query"]},
+    )
+    if result.outcome != "ok":
+        raise click.ClickException(f"setWebhook failed: {result.outcome} {result.description}")
+    _print_json({"bot": bot_id, "url": url, "ok": True})
+
+
+@main.command("health")
+def health_command() -> None:
+    """Print the health JSON. Exit 0 when healthy or degraded, 1 when unhealthy."""
+    from grimbots import health
+
+    status, report = health.check(_services())
+    _print_json(report)
+    sys.exit(1 if status == "unhealthy" else 0)
+
+
+@main.command("worker")
+@click.argument("queues", nargs=-1, required=True)
+@click.option("--burst", is_flag=True, help="exit when the queues are empty")
+@click.option(
+    "--worker-class",
+    type=click.Choice(["simple", "fork"]),
+    default="simple",
+    show_default=True,
+    help="simple runs jobs in the worker process (see grimbots.worker)",
+)
+def worker_command(queues: tuple[str, ...], burst: bool, worker_class: str) -> None:
+    """Run an RQ worker (with scheduler) on QUEUES: tasks, gateway, webhook."""
+    from grimbots.worker import run_worker
+
+    settings = load_settings_or_exit()
+    try:
+        run_worker(settings, list(queues), burst=burst, worker_class=worker_class)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+@main.group()
+def sandbox() -> None:
+    """Local stand-ins for external services."""
+
+
+@sandbox.command("telegram")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8081, show_default=True, type=int)
+def sandbox_telegram(host: str, port: int) -> None:
+    """Run the Telegram Bot API stand-in (records every call)."""
+    from grimbots.sandbox.telegram import serve_forever
+
+    serve_forever(host, port)

@@ -1,0 +1,157 @@
+"""Accept a Telegram webhook call: authenticate, validate, dedupe and enqueue.
+
+Framework-free on purpose: both the Flask blueprint and the thin WSGI fast path in
+grimbots.web.fast_webhook call TelegramIngest.handle(). The hot path does no database
+work (secrets come from BotSecretCache) and exactly one Redis round trip (ingest.lua).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+
+import orjson
+import redis
+
+from grimbots import metrics
+from grimbots.bot_secrets import BotSecretCache
+from grimbots.fast_redis import FastScriptClient
+from grimbots.job_hash import JobHashBuilder
+from grimbots.logs import event
+from grimbots.queues import TASKS, update_job_id
+from grimbots.settings import Settings
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 1024 * 1024
+PROCESS_UPDATE = "grimbots.jobs.updates.process_update"
+JSON_HEADERS = [("Content-Type", "application/json")]
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    body: bytes
+
+
+OK = Answer(200, b'{"ok":true}')
+
+
+def _error(status: int, message: str) -> Answer:
+    return Answer(status, orjson.dumps({"ok": False, "error": message}))
+
+
+NOT_FOUND = _error(404, "unknown bot")
+FORBIDDEN = _error(403, "bad secret token")
+TOO_LARGE = _error(413, "body too large")
+UNAVAILABLE = _error(503, "temporarily unavailable, retry")
+
+
+class TelegramIngest:
+    def __init__(self, settings: Settings, secrets: BotSecretCache):
+        self._secrets = secrets
+        self._dedupe_ttl = settings.dedupe_ttl_seconds
+        self._jobs = JobHashBuilder(PROCESS_UPDATE, TASKS)
+        self._lua = (
+            resources.files("grimbots")
+            .joinpath("ingest.lua")
+            .read_text()
+            .replace("--[[CONSTANT_JOB_FIELDS]]", self._jobs.lua_table_items())
+        )
+        self._redis = FastScriptClient(settings, self._lua)
+        self._queue_key = f"rq:queue:{TASKS}"
+
+    def handle(
+        self,
+        bot_id: int,
+        secret_header: str | None,
+        content_length: str | None,
+        read: Callable[[int], bytes],
+    ) -> Answer:
+        answer, outcome, reason = self._handle(bot_id, secret_header, content_length, read)
+        metrics.UPDATES.labels(outcome, reason).inc()
+        return answer
+
+    def _handle(self, bot_id, secret_header, content_length, read) -> tuple[Answer, str, str]:
+        try:
+            secret = self._secrets.get(bot_id)
+        except Exception:
+            # Only on a cache miss; 503 makes Telegram retry later instead of losing it.
+            log.exception("bot secret lookup failed", extra={"fields": {"bot_id": bot_id}})
+            return UNAVAILABLE, "rejected", "unavailable"
+        if secret is None:
+            return NOT_FOUND, "rejected", "unknown_bot"
+        if secret_header is None or not hmac.compare_digest(
+            secret_header.encode(), secret.encode()
+        ):
+            return FORBIDDEN, "rejected", "bad_secret"
+
+        # Check the declared size before reading, and never read more than the cap + 1
+        # (a chunked body has no Content-Length).
+        if content_length:
+            try:
+                declared = int(content_length)
+            except ValueError:
+                return _error(400, "bad Content-Length"), "rejected", "bad_request"
+            if declared > MAX_BODY_BYTES:
+                return TOO_LARGE, "rejected", "too_large"
+            body = read(declared)
+        else:
+            body = read(MAX_BODY_BYTES + 1)
+        if len(body) > MAX_BODY_BYTES:
+            return TOO_LARGE, "rejected", "too_large"
+
+        try:
+            update = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return _error(400, "body is not JSON"), "rejected", "not_json"
+        if not isinstance(update, dict):
+            return _error(400, "body is not a JSON object"), "rejected", "not_object"
+        update_id = update.get("update_id")
+        if type(update_id) is not int or update_id < 0:  # bool is an int subclass: exclude
+            return _error(400, "update_id missing or not an integer"), "rejected", "no_update_id"
+
+        job_id = update_job_id(bot_id, update_id)
+        data = self._jobs.data((bot_id, update_id, body.decode()))
+        try:
+            accepted = self._redis.evalsha(
+                keys=[
+                    f"grimbots:dedupe:{bot_id}:{update_id}",
+                    f"rq:job:{job_id}",
+                    self._queue_key,
+                    "rq:queues",
+                ],
+                args=[
+                    self._dedupe_ttl,
+                    job_id,
+                    self._jobs.timestamp(),
+                    data,
+                    f"telegram update {bot_id}:{update_id}",
+                ],
+            )
+        except redis.RedisError as exc:
+            event(
+                log,
+                logging.WARNING,
+                "redis unavailable, answering 503",
+                bot_id=bot_id,
+                update_id=update_id,
+                error=type(exc).__name__,
+            )
+            return UNAVAILABLE, "rejected", "unavailable"
+        if accepted:
+            return OK, "accepted", ""
+        return OK, "duplicate", ""
+
+
+def timed(route: str, handler: Callable[[], Answer]) -> Answer:
+    """Run a handler and record the HTTP metrics for it (used by the fast path)."""
+    started = time.perf_counter()
+    answer = handler()
+    metrics.HTTP_LATENCY.labels(route).observe(time.perf_counter() - started)
+    metrics.HTTP_REQUESTS.labels(route, str(answer.status)).inc()
+    return answer

@@ -1,0 +1,135 @@
+"""The outbox: every outgoing Bot API call is a row before it is a request.
+
+Exactly-once rules, enforced by the database:
+- a row is created with INSERT ... ON CONFLICT DO NOTHING on a unique idempotency key, so
+  re-running the same job creates nothing new;
+- only the caller whose UPDATE moves it pending -> sending (a compare-and-set) may send;
+- a row left in `sending` (worker killed during the call) is never sent again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from sqlalchemy import func, select, update
+
+from grimbots.db import Database, insert_for
+from grimbots.models import OutboxMessage
+
+
+@dataclass(frozen=True)
+class Claimed:
+    id: int
+    bot_id: int
+    lead_id: int | None
+    chat_id: int
+    kind: str
+    method: str
+    payload: dict[str, Any]
+    attempts: int
+
+
+def idempotency_key(bot_id: int, chat_id: int, update_id: int, kind: str) -> str:
+    return f"tg:{bot_id}:{chat_id}:{update_id}:{kind}"
+
+
+def add(
+    session,
+    *,
+    key: str,
+    bot_id: int,
+    lead_id: int | None,
+    chat_id: int,
+    kind: str,
+    method: str,
+    payload: dict[str, Any],
+) -> int:
+    """Create the row unless it exists; return its id either way."""
+    insert = insert_for(session)
+    session.execute(
+        insert(OutboxMessage)
+        .values(
+            idempotency_key=key,
+            bot_id=bot_id,
+            lead_id=lead_id,
+            chat_id=chat_id,
+            kind=kind,
+            method=method,
+            payload=orjson.dumps(payload).decode(),
+        )
+        .on_conflict_do_nothing(index_elements=["idempotency_key"])
+    )
+    return session.scalar(select(OutboxMessage.id).where(OutboxMessage.idempotency_key == key))
+
+
+def claim(db: Database, outbox_id: int) -> Claimed | None:
+    """Move the row pending -> sending; None if someone else did or it is not pending.
+
+    Committed before the network call, so a crash during the call leaves `sending`.
+    """
+    with db.session() as session:
+        row = session.execute(
+            update(OutboxMessage)
+            .where(OutboxMessage.id == outbox_id, OutboxMessage.status == "pending")
+            .values(status="sending", attempts=OutboxMessage.attempts + 1, updated_at=func.now())
+            .returning(
+                OutboxMessage.id,
+                OutboxMessage.bot_id,
+                OutboxMessage.lead_id,
+                OutboxMessage.chat_id,
+                OutboxMessage.kind,
+                OutboxMessage.method,
+                OutboxMessage.payload,
+                OutboxMessage.attempts,
+            )
+        ).first()
+    if row is None:
+        return None
+    return Claimed(
+        id=row.id,
+        bot_id=row.bot_id,
+        lead_id=row.lead_id,
+        chat_id=row.chat_id,
+        kind=row.kind,
+        method=row.method,
+        payload=orjson.loads(row.payload),
+        attempts=row.attempts,
+    )
+
+
+def _finish(db: Database, outbox_id: int, **values: Any) -> bool:
+    # Only from `sending`: the transition belongs to whoever claimed the row.
+    with db.session() as session:
+        result = session.execute(
+            update(OutboxMessage)
+            .where(OutboxMessage.id == outbox_id, OutboxMessage.status == "sending")
+            .values(updated_at=func.now(), **values)
+        )
+        return result.rowcount == 1
+
+
+def mark_sent(db: Database, outbox_id: int, telegram_message_id: int | None) -> bool:
+    return _finish(
+        db,
+        outbox_id,
+        status="sent",
+        telegram_message_id=telegram_message_id,
+        sent_at=func.now(),
+        error=None,
+    )
+
+
+def mark_failed(db: Database, outbox_id: int, error: str) -> bool:
+    return _finish(db, outbox_id, status="failed", error=error[:1000])
+
+
+def release(db: Database, outbox_id: int, error: str) -> bool:
+    """Back to pending after a call known not to have been delivered (429, 5xx, refused)."""
+    return _finish(db, outbox_id, status="pending", error=error[:1000])
+
+
+def status_of(db: Database, outbox_id: int) -> str | None:
+    with db.session() as session:
+        return session.scalar(select(OutboxMessage.status).where(OutboxMessage.id == outbox_id))

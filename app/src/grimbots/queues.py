@@ -1,0 +1,26 @@
+"""RQ queue names, job ids and job defaults shared by the web tier, jobs and workers."""
+
+from __future__ import annotations
+
+from redis import Redis
+from rq import Queue
+
+TASKS = "tasks"  # Telegram updates and outgoing messages
+GATEWAY = "gateway"  # talking to the PSP (issue 4)
+WEBHOOK = "webhook"  # PSP events (issue 4)
+ALL_QUEUES = (TASKS, GATEWAY, WEBHOOK)
+
+JOB_TIMEOUT_SECONDS = 60
+# Results are not read by anyone; keep them briefly for debugging. Failures stay a week.
+RESULT_TTL_SECONDS = 3600
+FAILURE_TTL_SECONDS = 7 * 86400
+
+
+def update_job_id(bot_id: int, update_id: int) -> str:
+    """The RQ job id of one Telegram update: the same update can only be queued once."""
+    return f"tg-{bot_id}-{update_id}"
+
+
+def get_queue(name: str, connection: Redis) -> Queue:
+    # RQ stores pickled bytes: it needs the client without decode_responses.
+    return Queue(name, connection=connection, default_timeout=JOB_TIMEOUT_SECONDS)

@@ -1,0 +1,124 @@
+"""The process-wide Redis connection pool (the seed's "RedisManager").
+
+One bounded pool per process. gunicorn forks its workers after importing the app, and a
+socket shared across a fork corrupts both sides' replies, so the pool remembers the pid
+that built it and a forked child builds its own on first use.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+import redis
+from redis.sentinel import Sentinel
+
+from grimbots.settings import Settings
+
+SOCKET_TIMEOUT = 2.0
+CONNECT_TIMEOUT = 1.0
+HEALTH_CHECK_INTERVAL = 30
+# How long a caller waits for a free connection when all pool_size are busy, before
+# failing (and the webhook answering 503) instead of queueing forever.
+POOL_WAIT_TIMEOUT = 2.0
+
+
+class RedisManager:
+    """Owns one pool per process; hands out a text client and a bytes client (for RQ)."""
+
+    def __init__(self, settings: Settings):
+        self._settings = settings
+        self._lock = threading.Lock()
+        self._pid: int | None = None
+        self._text: redis.Redis | None = None
+        self._bytes: redis.Redis | None = None
+
+    def _common_kwargs(self) -> dict[str, Any]:
+        return {
+            "socket_timeout": SOCKET_TIMEOUT,
+            "socket_connect_timeout": CONNECT_TIMEOUT,
+            "socket_keepalive": True,
+            "health_check_interval": HEALTH_CHECK_INTERVAL,
+            "retry_on_timeout": False,
+        }
+
+    def _build(self) -> None:
+        s = self._settings
+        common = self._common_kwargs()
+        if s.uses_sentinel:
+            # Sentinel resolves the current master on connect, so a failover is followed
+            # without restarting the process. redis-py's Sentinel pool is bounded by
+            # max_connections too, but fails fast instead of waiting for a free slot.
+            sentinel = Sentinel(
+                list(s.redis_sentinels),
+                sentinel_kwargs={"socket_timeout": SOCKET_TIMEOUT, "password": None},
+                password=s.redis_password,
+                db=s.redis_db,
+                **common,
+            )
+            text = sentinel.master_for(
+                s.redis_sentinel_master,
+                decode_responses=True,
+                max_connections=s.redis_pool_size,
+            )
+            raw = sentinel.master_for(
+                s.redis_sentinel_master,
+                decode_responses=False,
+                max_connections=s.redis_pool_size,
+            )
+        else:
+            text_pool = redis.BlockingConnectionPool.from_url(
+                s.redis_url,
+                max_connections=s.redis_pool_size,
+                timeout=POOL_WAIT_TIMEOUT,
+                decode_responses=True,
+                **common,
+            )
+            raw_pool = redis.BlockingConnectionPool.from_url(
+                s.redis_url,
+                max_connections=s.redis_pool_size,
+                timeout=POOL_WAIT_TIMEOUT,
+                decode_responses=False,
+                **common,
+            )
+            text = redis.Redis(connection_pool=text_pool)
+            raw = redis.Redis(connection_pool=raw_pool)
+        self._text, self._bytes, self._pid = text, raw, os.getpid()
+
+    def _ensure(self) -> None:
+        if self._pid != os.getpid():
+            with self._lock:
+                if self._pid != os.getpid():
+                    self._build()
+
+    @property
+    def text(self) -> redis.Redis:
+        """Client returning str: for our own keys (dedupe, caches, health)."""
+        self._ensure()
+        assert self._text is not None
+        return self._text
+
+    @property
+    def raw(self) -> redis.Redis:
+        """Client returning bytes: RQ requires decode_responses=False."""
+        self._ensure()
+        assert self._bytes is not None
+        return self._bytes
+
+    def pool_figures(self) -> dict[str, int]:
+        self._ensure()
+        figures: dict[str, int] = {"max_connections": self._settings.redis_pool_size}
+        for label, client in (("text", self._text), ("bytes", self._bytes)):
+            pool = client.connection_pool  # type: ignore[union-attr]
+            try:  # private helpers, present on both pool classes in redis-py 5-8
+                figures[f"{label}_in_use"] = len(pool._get_in_use_connections())
+                figures[f"{label}_idle"] = len(pool._get_free_connections())
+            except AttributeError:
+                pass
+        return figures
+
+    def ping(self) -> dict[str, Any]:
+        """Health probe: PING round trip plus pool figures; raises on failure."""
+        self.text.ping()
+        return {"pool": self.pool_figures(), "sentinel": self._settings.uses_sentinel}

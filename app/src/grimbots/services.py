@@ -1,0 +1,47 @@
+"""The per-process connection pools and clients, built once from Settings.
+
+This is the only process-wide state: Redis pool, database engine, Telegram client.
+Web processes build it in create_app(); RQ jobs call get_services(), which builds it from
+the environment on first use in the worker process.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from grimbots.db import Database
+from grimbots.redis_pool import RedisManager
+from grimbots.settings import Settings, load_settings_or_exit
+from grimbots.telegram import TelegramClient
+
+
+@dataclass
+class Services:
+    settings: Settings
+    redis: RedisManager
+    db: Database
+    telegram: TelegramClient
+
+    @classmethod
+    def build(cls, settings: Settings) -> Services:
+        return cls(
+            settings=settings,
+            redis=RedisManager(settings),
+            db=Database(settings),
+            telegram=TelegramClient(settings.telegram_api_url, settings.telegram_read_timeout),
+        )
+
+
+_current: Services | None = None
+
+
+def init_services(settings: Settings) -> Services:
+    global _current
+    _current = Services.build(settings)
+    return _current
+
+
+def get_services() -> Services:
+    if _current is None:
+        return init_services(load_settings_or_exit())
+    return _current

@@ -1,0 +1,70 @@
+"""The command line Ansible drives: idempotent JSON answers, set-webhook via the stand-in."""
+
+from __future__ import annotations
+
+import subprocess
+
+import orjson
+from support import GRIMBOTS
+
+
+def grimbots(env, *args) -> subprocess.CompletedProcess:
+    return subprocess.run([GRIMBOTS, *args], env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_bots_and_offers_add_are_idempotent(env):
+    add = ("bots", "add", "--name", "shop", "--token", "123:ABC", "--welcome", "Oi")
+    first, second = grimbots(env, *add), grimbots(env, *add)
+    assert first.returncode == 0, first.stderr
+    created = orjson.loads(first.stdout)
+    assert created["created"] is True
+    assert orjson.loads(second.stdout) == {"id": created["id"], "created": False, "updated": False}
+    changed = grimbots(env, "bots", "add", "--name", "shop", "--token", "123:NEW")
+    assert orjson.loads(changed.stdout) == {"id": created["id"], "created": False, "updated": True}
+
+    offer = (
+        "offers",
+        "add",
+        "--bot",
+        str(created["id"]),
+        "--name",
+        "Gold",
+        "--price-cents",
+        "1990",
+        "--access-link",
+        "https://t.me/+x",
+    )
+    assert orjson.loads(grimbots(env, *offer).stdout)["created"] is True
+    assert orjson.loads(grimbots(env, *offer).stdout)["created"] is False
+    assert (
+        grimbots(
+            env,
+            "offers",
+            "add",
+            "--bot",
+            str(created["id"]),
+            "--name",
+            "Free",
+            "--price-cents",
+            "0",
+            "--access-link",
+            "x",
+        ).returncode
+        == 2
+    )
+
+    listed = grimbots(env, "bots", "list")
+    assert orjson.loads(listed.stdout) == [
+        {"id": created["id"], "name": "shop", "welcome_text": "Oi"}
+    ]
+    assert "ABC" not in listed.stdout + listed.stderr + first.stderr
+
+
+def test_set_webhook_calls_telegram_with_url_and_secret(env, bot, telegram):
+    result = grimbots(env, "set-webhook", "--bot", str(bot.id), "--url", "https://bots.example/")
+    assert result.returncode == 0, result.stderr
+    (call,) = telegram.calls("setWebhook")
+    assert call["bot_id"] == bot.token_id
+    assert call["params"]["url"] == f"https://bots.example/webhook/telegram/{bot.id}"
+    assert call["params"]["secret_token"] == bot.secret
+    assert bot.token not in result.stdout + result.stderr

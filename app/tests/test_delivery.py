@@ -1,0 +1,109 @@
+"""Sending through the outbox under Telegram's failure modes, with real worker processes."""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+import pytest
+from grimbots.models import Lead, OutboxMessage
+from grimbots.queues import TASKS, update_job_id
+from rq import Queue
+from rq.job import Job
+from sqlalchemy import select
+from support import start_message, wait_for
+
+
+@pytest.fixture
+def enqueue_update(bot, services):
+    """Queue a /start update the way the webhook does (same job id and arguments)."""
+
+    def enqueue(update_id: int, user_id: int) -> str:
+        update_json = orjson.dumps(start_message(update_id, user_id)).decode()
+        job_id = update_job_id(bot.id, update_id)
+        Queue(TASKS, connection=services.redis.raw).enqueue(
+            "grimbots.jobs.updates.process_update", bot.id, update_id, update_json, job_id=job_id
+        )
+        return job_id
+
+    return enqueue
+
+
+def outbox_row(services, chat_id: int) -> OutboxMessage | None:
+    with services.db.session() as session:
+        return session.scalar(select(OutboxMessage).where(OutboxMessage.chat_id == chat_id))
+
+
+def finished(services, job_id: str) -> bool:
+    return Job.fetch(job_id, connection=services.redis.raw).get_status() in ("finished", "failed")
+
+
+def test_429_waits_retry_after_then_sends_once(enqueue_update, telegram, start_worker, services):
+    telegram.faults(status_429={"count": 1, "retry_after": 1})
+    start_worker(TASKS)
+    job_id = enqueue_update(1, user_id=801)
+    wait_for(lambda: finished(services, job_id), message="job done")
+    calls = telegram.calls("sendMessage", chat_id=801)
+    assert [c["status"] for c in calls] == [429, 200]
+    assert calls[1]["time"] - calls[0]["time"] >= 1.0  # honoured retry_after
+    row = outbox_row(services, 801)
+    assert (row.status, row.attempts) == ("sent", 2)
+
+
+def test_403_marks_lead_blocked_without_retrying(enqueue_update, telegram, start_worker, services):
+    telegram.faults(blocked_chat_ids=[802])
+    start_worker(TASKS)
+    job_id = enqueue_update(2, user_id=802)
+    wait_for(lambda: finished(services, job_id), message="job done")
+    time.sleep(0.5)  # a retry loop would show up as more calls; none may come
+    assert [c["status"] for c in telegram.calls("sendMessage", chat_id=802)] == [403]
+    row = outbox_row(services, 802)
+    assert row.status == "failed" and row.error.startswith("403")
+    with services.db.session() as session:
+        assert session.scalar(select(Lead.blocked).where(Lead.chat_id == 802)) is True
+
+
+def test_500_is_retried_and_sent_once(enqueue_update, telegram, start_worker, services):
+    telegram.faults(status_500={"count": 2})
+    start_worker(TASKS)
+    job_id = enqueue_update(3, user_id=803)
+    wait_for(lambda: finished(services, job_id), message="job done")
+    statuses = [c["status"] for c in telegram.calls("sendMessage", chat_id=803)]
+    assert statuses == [500, 500, 200]
+    assert outbox_row(services, 803).status == "sent"
+
+
+def test_read_timeout_is_not_resent(enqueue_update, telegram, start_worker, services):
+    # The stand-in takes 3 s; the worker gives up reading after 1 s (outcome unknown).
+    telegram.faults(slow={"delay": 3, "count": 1})
+    start_worker(TASKS, extra_env={"GRIMBOTS_TELEGRAM_READ_TIMEOUT_SECONDS": "1"})
+    job_id = enqueue_update(4, user_id=804)
+    wait_for(lambda: finished(services, job_id), message="job done")
+    row = outbox_row(services, 804)
+    assert row.status == "failed" and "unknown" in row.error
+    time.sleep(0.5)
+    assert len(telegram.calls("sendMessage", chat_id=804)) == 1
+
+
+def test_worker_killed_mid_send_then_rerun_sends_once(
+    enqueue_update, telegram, start_worker, services
+):
+    telegram.faults(slow={"delay": 2, "count": 1})
+    worker = start_worker(TASKS)
+    job_id = enqueue_update(5, user_id=805)
+    # The call has reached Telegram (recorded on arrival) and the worker is waiting on it.
+    wait_for(lambda: telegram.calls("sendMessage", chat_id=805), message="call in flight")
+    worker.kill()
+    assert outbox_row(services, 805).status == "sending"
+
+    # Re-run the very same job, as RQ's abandoned-job handling or an operator would.
+    queue = Queue(TASKS, connection=services.redis.raw)
+    queue.enqueue_job(Job.fetch(job_id, connection=services.redis.raw))
+    start_worker(TASKS)
+    wait_for(
+        lambda: Job.fetch(job_id, connection=services.redis.raw).get_status() == "finished",
+        message="re-run finished",
+    )
+    time.sleep(0.5)
+    assert len(telegram.calls("sendMessage", chat_id=805)) == 1
+    assert outbox_row(services, 805).status == "sending"  # outcome unknown: left alone

@@ -1,0 +1,69 @@
+"""GET /health and `grimbots health`: healthy, degraded, unhealthy."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import orjson
+import pytest
+from grimbots.queues import ALL_QUEUES
+from grimbots.settings import load_settings
+from grimbots.web import create_app
+from support import GRIMBOTS, free_port
+from werkzeug.test import Client
+
+
+def _health(settings) -> tuple[int, dict]:
+    response = Client(create_app(settings)).get("/health")
+    return response.status_code, orjson.loads(response.get_data())
+
+
+def test_degraded_when_a_queue_has_no_worker(settings, start_worker):
+    status, report = _health(settings)
+    assert (status, report["status"]) == (200, "degraded")
+    assert report["checks"]["database"]["ok"] and report["checks"]["redis"]["ok"]
+    assert report["checks"]["redis"]["pool"]["max_connections"] == 20
+
+    start_worker("tasks", "gateway")
+    status, report = _health(settings)
+    assert (status, report["status"]) == (200, "degraded")
+    assert report["checks"]["queues"]["tasks"]["workers"] == 1
+    assert report["checks"]["queues"]["webhook"] == {"workers": 0, "size": 0}
+
+
+def test_healthy_when_every_queue_has_a_worker(settings, start_worker, env):
+    start_worker(*ALL_QUEUES)
+    status, report = _health(settings)
+    assert (status, report["status"]) == (200, "healthy")
+    assert all(report["checks"]["queues"][q]["workers"] == 1 for q in ALL_QUEUES)
+    cli = subprocess.run([GRIMBOTS, "health"], env=env, capture_output=True, timeout=30)
+    assert cli.returncode == 0 and orjson.loads(cli.stdout)["status"] == "healthy"
+
+
+@pytest.mark.parametrize("down", ["redis", "database"])
+def test_unhealthy_when_redis_or_database_is_down(down, env):
+    closed = free_port()  # nothing listens there
+    if down == "redis":
+        env = env | {"GRIMBOTS_REDIS_URL": f"redis://127.0.0.1:{closed}/0"}
+    else:
+        env = env | {"GRIMBOTS_DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:{closed}/x"}
+    started = time.monotonic()
+    status, report = _health(load_settings(env))
+    assert time.monotonic() - started < 5, "health must stay fast when a dependency is down"
+    assert (status, report["status"]) == (503, "unhealthy")
+    assert report["checks"][down]["ok"] is False
+    cli = subprocess.run([GRIMBOTS, "health"], env=env, capture_output=True, timeout=30)
+    assert cli.returncode == 1 and orjson.loads(cli.stdout)["status"] == "unhealthy"
+
+
+def test_killed_worker_does_not_count(settings, start_worker, redis_client):
+    worker = start_worker(*ALL_QUEUES)
+    worker.kill()
+    # RQ leaves the SIGKILLed worker in its registry until maintenance; its own key
+    # expires with the heartbeat. Simulate that expiry instead of waiting minutes for it.
+    for key in redis_client.smembers("rq:workers"):
+        redis_client.delete(key)
+    _, report = _health(settings)
+    assert report["status"] == "degraded"
+    assert report["checks"]["queues"]["tasks"]["workers"] == 0

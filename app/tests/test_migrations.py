@@ -1,0 +1,125 @@
+"""One set of Alembic migrations for SQLite and PostgreSQL, matching the models."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from grimbots.db import make_engine
+from grimbots.migrate import current_revision, head_revision, upgrade
+from grimbots.models import Base, Bot, Offer, OutboxMessage
+from sqlalchemy import insert, inspect
+from sqlalchemy.exc import IntegrityError
+from support import GRIMBOTS
+
+EXPECTED_TABLES = {"bots", "offers", "leads", "inbound_updates", "outbox_messages"}
+
+
+def _diff(url: str) -> list:
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            context = MigrationContext.configure(conn, opts={"compare_type": True})
+            return compare_metadata(context, Base.metadata)
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def fresh_url(request, tmp_path, postgres):
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/fresh.db"
+    else:
+        name = "fresh_migrations"
+        postgres.drop_database(name)
+        yield postgres.create_database(name)
+        postgres.drop_database(name)
+
+
+def test_upgrade_fresh_database_matches_models(fresh_url):
+    upgrade(fresh_url)
+    assert current_revision(fresh_url) == head_revision()
+    engine = make_engine(fresh_url)
+    try:
+        assert set(inspect(engine).get_table_names()) >= EXPECTED_TABLES
+    finally:
+        engine.dispose()
+    assert _diff(fresh_url) == []
+
+
+def test_upgrade_is_repeatable(fresh_url):
+    upgrade(fresh_url)
+    upgrade(fresh_url)  # a second run is a no-op, as Ansible will do on every deploy
+    assert current_revision(fresh_url) == head_revision()
+
+
+def test_constraints_live_in_the_database(fresh_url):
+    upgrade(fresh_url)
+    engine = make_engine(fresh_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(insert(Bot).values(id=1, name="b", token="1:t", webhook_secret="s"))
+        bad_rows = [
+            (Offer, {"bot_id": 1, "name": "free", "price_cents": 0, "access_link": "x"}),
+            (
+                Offer,
+                {
+                    "bot_id": 1,
+                    "name": "usd",
+                    "price_cents": 5,
+                    "currency": "USD",
+                    "access_link": "x",
+                },
+            ),
+            (Offer, {"bot_id": 999, "name": "orphan", "price_cents": 5, "access_link": "x"}),
+            (
+                OutboxMessage,
+                {
+                    "idempotency_key": "k",
+                    "bot_id": 1,
+                    "chat_id": 1,
+                    "kind": "k",
+                    "method": "sendMessage",
+                    "payload": "{}",
+                    "status": "lost",
+                },
+            ),
+        ]
+        for model, values in bad_rows:
+            with pytest.raises(IntegrityError), engine.begin() as conn:
+                conn.execute(insert(model).values(**values))
+        row = {
+            "idempotency_key": "k",
+            "bot_id": 1,
+            "chat_id": 1,
+            "kind": "k",
+            "method": "sendMessage",
+            "payload": "{}",
+        }
+        with engine.begin() as conn:
+            conn.execute(insert(OutboxMessage).values(**row))
+        with pytest.raises(IntegrityError), engine.begin() as conn:
+            conn.execute(insert(OutboxMessage).values(**row))
+    finally:
+        engine.dispose()
+
+
+def test_cli_upgrade_from_any_directory(tmp_path):
+    url = f"sqlite:///{tmp_path}/cli.db"
+    result = subprocess.run(
+        [GRIMBOTS, "db", "upgrade"],
+        env={
+            "PATH": "/usr/bin:/bin",
+            "GRIMBOTS_DATABASE_URL": url,
+            "GRIMBOTS_REDIS_URL": "redis://127.0.0.1:1/0",
+            "GRIMBOTS_ADMIN_TOKEN": "x" * 20,
+        },
+        cwd="/",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert current_revision(url) == head_revision()
