@@ -1,0 +1,40 @@
+"""Money at the PSP boundary: integer cents inside, API Pix "valor" strings outside.
+
+API Pix writes amounts as decimal strings in reais ("12.34"). Floats never touch them:
+a string is checked against the API's shape and converted through Decimal, exactly.
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+
+# API Pix allows up to 10 integer digits and exactly 2 decimals ("\d{1,10}\.\d{2}"); we also
+# accept 0 or 1 decimals ("12", "12.5") from a lenient sender, never 3 or more.
+_VALOR = re.compile(r"\d{1,10}(?:\.\d{1,2})?")
+MAX_CENTS = 9_999_999_999_99
+
+
+class InvalidAmount(ValueError):
+    """An amount that is not a non-negative value in reais with at most 2 decimals."""
+
+
+def cents_from_valor(valor: object) -> int:
+    """'12.34' -> 1234. Rejects non-strings, negatives, exponents and more than 2 decimals."""
+    if not isinstance(valor, str) or not _VALOR.fullmatch(valor):
+        raise InvalidAmount(f"valor must look like '12.34', got {valor!r}")
+    cents = Decimal(valor) * 100
+    # Exact by construction (at most 2 decimals), checked anyway: money must never round.
+    if cents != cents.to_integral_value():
+        raise InvalidAmount(f"valor has more than 2 decimals: {valor!r}")
+    return int(cents)
+
+
+def valor_from_cents(cents: int) -> str:
+    """1234 -> '12.34', the exact form API Pix expects in valor.original."""
+    if isinstance(cents, bool) or not isinstance(cents, int):
+        raise InvalidAmount(f"amount must be an integer number of cents, got {cents!r}")
+    if not 0 <= cents <= MAX_CENTS:
+        raise InvalidAmount(f"amount must be between 0 and {MAX_CENTS} cents, got {cents}")
+    reais, rest = divmod(cents, 100)
+    return f"{reais}.{rest:02d}"

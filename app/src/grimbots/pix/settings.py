@@ -1,0 +1,93 @@
+"""PSP settings from the environment (GRIMBOTS_PIX_*), checked like the main Settings.
+
+Errors are grimbots.settings.SettingsError with one line naming the variable and never
+its value when it is a secret; entry points turn them into exit code 2.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from grimbots.settings import (
+    PREFIX,
+    SettingsError,
+    _get,
+    _positive_float,
+    _positive_int,
+    _require,
+)
+
+MIN_WEBHOOK_SECRET_LENGTH = 16
+DEFAULT_CHARGE_EXPIRY_SECONDS = 3600
+DEFAULT_READ_TIMEOUT_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class PixSettings:
+    base_url: str
+    client_id: str
+    client_secret: str = field(repr=False)
+    pix_key: str
+    webhook_secret: str = field(repr=False)
+    charge_expiry_seconds: int = DEFAULT_CHARGE_EXPIRY_SECONDS
+    read_timeout_seconds: float = DEFAULT_READ_TIMEOUT_SECONDS
+    # Most PSPs serve OAuth at {base_url}/oauth/token; some on another host or path.
+    token_url: str | None = None
+    # Real PSPs require mutual TLS on their API: a client certificate (PEM) and its key,
+    # which may be in the same file.
+    client_cert_file: str | None = None
+    client_key_file: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> PixSettings:
+        """Read GRIMBOTS_PIX_* from `env` (default os.environ); SettingsError on a problem."""
+        env = os.environ if env is None else env
+        base_url = _require(env, "PIX_BASE_URL").rstrip("/")
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise SettingsError(
+                f"{PREFIX}PIX_BASE_URL must be an http(s) URL like https://pix.example.com/v2"
+            )
+        token_url = _get(env, "PIX_TOKEN_URL")
+        if token_url is not None and (
+            urlsplit(token_url).scheme not in ("http", "https") or not urlsplit(token_url).hostname
+        ):
+            raise SettingsError(f"{PREFIX}PIX_TOKEN_URL must be an http(s) URL")
+        webhook_secret = _require(env, "PIX_WEBHOOK_SECRET")
+        if len(webhook_secret) < MIN_WEBHOOK_SECRET_LENGTH:
+            raise SettingsError(
+                f"{PREFIX}PIX_WEBHOOK_SECRET must be at least "
+                f"{MIN_WEBHOOK_SECRET_LENGTH} characters long"
+            )
+        cert_file = _existing_file(env, "PIX_CLIENT_CERT_FILE")
+        key_file = _existing_file(env, "PIX_CLIENT_KEY_FILE")
+        if key_file and not cert_file:
+            raise SettingsError(
+                f"{PREFIX}PIX_CLIENT_KEY_FILE is set but {PREFIX}PIX_CLIENT_CERT_FILE is not"
+            )
+        return cls(
+            base_url=base_url,
+            client_id=_require(env, "PIX_CLIENT_ID"),
+            client_secret=_require(env, "PIX_CLIENT_SECRET"),
+            pix_key=_require(env, "PIX_KEY"),
+            webhook_secret=webhook_secret,
+            charge_expiry_seconds=_positive_int(
+                env, "PIX_CHARGE_EXPIRY_SECONDS", DEFAULT_CHARGE_EXPIRY_SECONDS
+            ),
+            read_timeout_seconds=_positive_float(
+                env, "PIX_READ_TIMEOUT_SECONDS", DEFAULT_READ_TIMEOUT_SECONDS
+            ),
+            token_url=token_url,
+            client_cert_file=cert_file,
+            client_key_file=key_file,
+        )
+
+
+def _existing_file(env: Mapping[str, str], name: str) -> str | None:
+    path = _get(env, name)
+    if path is not None and not os.path.isfile(path):
+        raise SettingsError(f"{PREFIX}{name} must name a readable file, got {path!r}")
+    return path
