@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import tempfile
 import uuid
@@ -21,6 +22,7 @@ from grimbots.models import Bot, Offer
 from grimbots.sandbox.telegram import start_in_thread
 from grimbots.services import Services, init_services
 from grimbots.settings import Settings, load_settings
+from pix_fixtures import PIX_KEY, WEBHOOK_SECRET, start_sandbox
 from support import GRIMBOTS, GUNICORN, Process, free_port, port_open, wait_for
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -224,11 +226,60 @@ def telegram(telegram_server) -> Telegram:
     return sandbox
 
 
+# --- PSP stand-in ----------------------------------------------------------------------
+
+
+class Psp:
+    def __init__(self, server):
+        self.server = server
+        self.url = server.base_url
+        self.config = server.state.config
+
+    def _get(self, path: str, key: str, **params) -> list[dict]:
+        response = httpx.get(f"{self.url}{path}", params=params, timeout=10)
+        response.raise_for_status()
+        return response.json()[key]
+
+    def charges(self, **params) -> list[dict]:
+        return self._get("/_sandbox/charges", "charges", **params)
+
+    def calls(self, **params) -> list[dict]:
+        return self._get("/_sandbox/calls", "calls", **params)
+
+    def notifications(self) -> list[dict]:
+        return self._get("/_sandbox/notifications", "notifications")
+
+    def pay(self, **spec) -> dict:
+        response = httpx.post(f"{self.url}/_sandbox/pay", json=spec, timeout=60)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def expire(self, txid: str) -> None:
+        httpx.post(f"{self.url}/_sandbox/expire", json={"txid": txid}).raise_for_status()
+
+    def faults(self, **spec) -> None:
+        httpx.post(f"{self.url}/_sandbox/faults", json=spec).raise_for_status()
+
+
+@pytest.fixture(scope="session")
+def psp_server():
+    server = start_sandbox()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def psp(psp_server) -> Psp:
+    httpx.delete(f"{psp_server.base_url}/_sandbox/calls").raise_for_status()
+    httpx.delete(f"{psp_server.base_url}/_sandbox/charges").raise_for_status()
+    return Psp(psp_server)
+
+
 # --- The app ---------------------------------------------------------------------------
 
 
 @pytest.fixture
-def env(database_url, redis_url, telegram) -> dict[str, str]:
+def env(database_url, redis_url, telegram, psp) -> dict[str, str]:
     """Environment for the app, in-process (via `settings`) or in subprocesses."""
     base = {
         k: v
@@ -243,7 +294,17 @@ def env(database_url, redis_url, telegram) -> dict[str, str]:
         "GRIMBOTS_TELEGRAM_API_URL": telegram.url,
         "GRIMBOTS_TELEGRAM_READ_TIMEOUT_SECONDS": "2",
         "GRIMBOTS_LOG_LEVEL": "INFO",
+        "GRIMBOTS_PIX_BASE_URL": psp.url,
+        "GRIMBOTS_PIX_CLIENT_ID": psp.config.client_id,
+        "GRIMBOTS_PIX_CLIENT_SECRET": psp.config.client_secret,
+        "GRIMBOTS_PIX_KEY": PIX_KEY,
+        "GRIMBOTS_PIX_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "GRIMBOTS_PIX_READ_TIMEOUT_SECONDS": "2",
     }
+
+
+def without_psp(env: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in env.items() if not k.startswith("GRIMBOTS_PIX_")}
 
 
 @pytest.fixture
@@ -334,6 +395,8 @@ def start_web(env, tmp_path):
             ],
             {**env, **(extra_env or {})},
             tmp_path / f"gunicorn-{port}.log",
+            # Quick shutdown: a graceful one waits for the stand-ins' keep-alive connections.
+            stop_signal=signal.SIGINT,
         )
         started.append(proc)
         wait_for(lambda: port_open(port), timeout=20, message="gunicorn listening")

@@ -19,6 +19,17 @@ GRIMBOTS = str(VENV_BIN / "grimbots")
 GUNICORN = str(VENV_BIN / "gunicorn")
 
 
+def count(services, model, **filters) -> int:
+    """Rows of `model` matching column == value filters."""
+    from sqlalchemy import func, select
+
+    query = select(func.count()).select_from(model)
+    for name, value in filters.items():
+        query = query.where(getattr(model, name) == value)
+    with services.db.session() as session:
+        return session.scalar(query)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -56,8 +67,15 @@ def port_open(port: int) -> bool:
 class Process:
     """A subprocess with its output in a file, stopped at teardown."""
 
-    def __init__(self, args: list[str], env: dict[str, str], log_path: Path):
+    def __init__(
+        self,
+        args: list[str],
+        env: dict[str, str],
+        log_path: Path,
+        stop_signal: signal.Signals = signal.SIGTERM,
+    ):
         self.log_path = log_path
+        self.stop_signal = stop_signal
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.popen = subprocess.Popen(
             args, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
@@ -78,7 +96,7 @@ class Process:
 
     def stop(self, timeout: float = 10.0) -> None:
         if self.popen.poll() is None:
-            os.killpg(self.popen.pid, signal.SIGTERM)
+            os.killpg(self.popen.pid, self.stop_signal)
             try:
                 self.popen.wait(timeout)
             except subprocess.TimeoutExpired:

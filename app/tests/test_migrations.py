@@ -3,18 +3,28 @@
 from __future__ import annotations
 
 import subprocess
+import uuid
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from grimbots.db import make_engine
 from grimbots.migrate import current_revision, head_revision, upgrade
-from grimbots.models import Base, Bot, Offer, OutboxMessage
-from sqlalchemy import insert, inspect
+from grimbots.models import Base, Bot, Delivery, Lead, Offer, OutboxMessage, Payment, PaymentEvent
+from sqlalchemy import insert, inspect, update
 from sqlalchemy.exc import IntegrityError
 from support import GRIMBOTS
 
-EXPECTED_TABLES = {"bots", "offers", "leads", "inbound_updates", "outbox_messages"}
+EXPECTED_TABLES = {
+    "bots",
+    "offers",
+    "leads",
+    "inbound_updates",
+    "outbox_messages",
+    "payments",
+    "payment_events",
+    "deliveries",
+}
 
 
 def _diff(url: str) -> list:
@@ -123,3 +133,48 @@ def test_cli_upgrade_from_any_directory(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert current_revision(url) == head_revision()
+
+
+def test_payment_constraints_live_in_the_database(fresh_url):
+    upgrade(fresh_url)
+    engine = make_engine(fresh_url)
+
+    def payment(status: str = "pending", **values) -> dict:
+        pid = uuid.uuid4()
+        row = {"id": pid, "bot_id": 1, "lead_id": 1, "offer_id": 1, "amount_cents": 100}
+        return row | {"provider": "apipix", "txid": "gb" + pid.hex, "status": status} | values
+
+    def refused(model, values) -> None:
+        with pytest.raises(IntegrityError), engine.begin() as conn:
+            conn.execute(insert(model).values(**values))
+
+    try:
+        first = payment()
+        with engine.begin() as conn:
+            conn.execute(insert(Bot).values(id=1, name="b", token="1:t", webhook_secret="s"))
+            conn.execute(insert(Lead).values(id=1, bot_id=1, telegram_user_id=1, chat_id=1))
+            conn.execute(
+                insert(Offer).values(id=1, bot_id=1, name="o", price_cents=100, access_link="x")
+            )
+            conn.execute(insert(Payment).values(**first))
+        refused(Payment, payment())  # a second pending charge for the same lead and offer
+        refused(Payment, payment("refunded"))
+        refused(Payment, payment("paid", amount_cents=0))
+        refused(Payment, payment("paid", txid=first["txid"]))
+        with engine.begin() as conn:  # once it is paid, a new pending one is allowed
+            conn.execute(update(Payment).where(Payment.id == first["id"]).values(status="paid"))
+            conn.execute(insert(Payment).values(**payment()))
+            conn.execute(insert(Payment).values(**payment("expired")))
+            conn.execute(insert(Payment).values(**payment("expired")))
+
+        event = {"provider": "apipix", "event_key": "E1", "source": "webhook", "amount_cents": 1}
+        with engine.begin() as conn:
+            conn.execute(insert(PaymentEvent).values(**event, raw_body="{}"))
+        refused(PaymentEvent, event | {"raw_body": "{}"})
+
+        delivery = {"payment_id": first["id"], "access_token": "t1", "outbox_key": "k1"}
+        with engine.begin() as conn:
+            conn.execute(insert(Delivery).values(**delivery))
+        refused(Delivery, delivery | {"access_token": "t2", "outbox_key": "k2"})
+    finally:
+        engine.dispose()

@@ -117,3 +117,27 @@ def test_entry_points_exit_2_with_one_line(command):
     lines = [line for line in result.stderr.splitlines() if "GRIMBOTS_" in line]
     assert lines == ["grimbots: configuration error: GRIMBOTS_ADMIN_TOKEN is required but not set"]
     assert "Traceback" not in result.stderr
+
+
+def test_psp_is_optional_but_all_or_nothing():
+    from grimbots.settings import SettingsError, load_settings
+
+    base = {
+        "GRIMBOTS_DATABASE_URL": "sqlite:////tmp/x.db",
+        "GRIMBOTS_REDIS_URL": "redis://127.0.0.1:6379/0",
+        "GRIMBOTS_ADMIN_TOKEN": "x" * 20,
+    }
+    assert load_settings(base).pix is None
+    with pytest.raises(SettingsError, match=r"GRIMBOTS_PIX_.* is required"):
+        load_settings(base | {"GRIMBOTS_PIX_BASE_URL": "https://pix.example.com/v2"})
+    full = base | {
+        "GRIMBOTS_PIX_BASE_URL": "https://pix.example.com/v2",
+        "GRIMBOTS_PIX_CLIENT_ID": "id",
+        "GRIMBOTS_PIX_CLIENT_SECRET": "secret",
+        "GRIMBOTS_PIX_KEY": "key@example.com",
+        "GRIMBOTS_PIX_WEBHOOK_SECRET": "w" * 20,
+        "GRIMBOTS_PIX_RECONCILE_AFTER_SECONDS": "120",
+    }
+    settings = load_settings(full)
+    assert settings.pix.reconcile_after_seconds == 120
+    assert "secret" not in repr(settings) and "w" * 20 not in repr(settings)

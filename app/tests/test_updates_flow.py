@@ -12,17 +12,8 @@ from grimbots.queues import GATEWAY, TASKS, update_job_id
 from grimbots.web import create_app, ingest_of
 from grimbots.web.fast_webhook import FastWebhook
 from rq import Queue
-from sqlalchemy import func, select
-from support import buy_callback, post_update, start_message, wait_for
+from support import buy_callback, count, post_update, start_message, wait_for
 from werkzeug.test import Client
-
-
-def count(services, model, **filters) -> int:
-    query = select(func.count()).select_from(model)
-    for name, value in filters.items():
-        query = query.where(getattr(model, name) == value)
-    with services.db.session() as session:
-        return session.scalar(query)
 
 
 @pytest.fixture

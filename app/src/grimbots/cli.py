@@ -215,3 +215,159 @@ def sandbox_telegram(host: str, port: int) -> None:
     from grimbots.sandbox.telegram import serve_forever
 
     serve_forever(host, port)
+
+
+@sandbox.command("pix")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8082, show_default=True, type=int)
+@click.option(
+    "--notify-url",
+    envvar="GRIMBOTS_SANDBOX_PIX_NOTIFY_URL",
+    default=None,
+    help="the app's PIX webhook, e.g. http://127.0.0.1:8000/webhook/pix/apipix",
+)
+@click.option("--client-id", envvar="GRIMBOTS_SANDBOX_PIX_CLIENT_ID", default="sandbox-client")
+@click.option(
+    "--client-secret", envvar="GRIMBOTS_SANDBOX_PIX_CLIENT_SECRET", default="sandbox-secret"
+)
+@click.option(
+    "--webhook-secret",
+    envvar="GRIMBOTS_SANDBOX_PIX_WEBHOOK_SECRET",
+    default="sandbox-webhook-secret",
+    help="signs callbacks (X-Pix-Signature); the app's GRIMBOTS_PIX_WEBHOOK_SECRET",
+)
+@click.option(
+    "--pix-key",
+    envvar="GRIMBOTS_SANDBOX_PIX_KEY",
+    default=None,
+    help="when set, charges must name this key",
+)
+def sandbox_pix(
+    host: str,
+    port: int,
+    notify_url: str | None,
+    client_id: str,
+    client_secret: str,
+    webhook_secret: str,
+    pix_key: str | None,
+) -> None:
+    """Run the PSP stand-in (API Pix; records every call, pays on request).
+
+    Options also come from GRIMBOTS_SANDBOX_PIX_* variables (see --help).
+    """
+    from grimbots.sandbox.pix import PixSandboxConfig, serve_forever
+
+    serve_forever(
+        host,
+        port,
+        PixSandboxConfig(
+            client_id=client_id,
+            client_secret=client_secret,
+            webhook_secret=webhook_secret,
+            notify_url=notify_url,
+            pix_key=pix_key,
+        ),
+    )
+
+
+@main.command("reconcile")
+@click.option(
+    "--inline",
+    is_flag=True,
+    help="run it here and now and print the counts, instead of queueing it on `gateway`",
+)
+@click.option(
+    "--interval",
+    default=60,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="the timer's period: at most one reconciliation is queued per period",
+)
+def reconcile_command(inline: bool, interval: int) -> None:
+    """Ask the PSP about charges pending for a while (run it from a timer, every minute).
+
+    By default queues one `reconcile_pending` job on `gateway` per period (job id
+    reconcile-<period number>), so a timer on every app host still runs it once.
+    """
+    from grimbots.jobs.gateway import enqueue_reconcile, reconcile
+
+    services = _services()
+    if inline:
+        _print_json(reconcile(services))
+        return
+    job_id = enqueue_reconcile(services, interval)
+    _print_json({"queued": job_id is not None, "job_id": job_id})
+
+
+@main.group()
+def deliveries() -> None:
+    """Access links sent for paid payments."""
+
+
+@deliveries.command("list")
+@click.option("--bot", "bot_id", type=int, default=None)
+@click.option(
+    "--status",
+    type=click.Choice(["pending", "sending", "sent", "failed"]),
+    default=None,
+    help="state of the delivery message",
+)
+@click.option("--limit", type=click.IntRange(min=1), default=1000, show_default=True)
+def deliveries_list(bot_id: int | None, status: str | None, limit: int) -> None:
+    """List deliveries as JSON, newest first."""
+    from grimbots import payments
+
+    _print_json(payments.list_deliveries(_services().db, bot_id, status, limit))
+
+
+@deliveries.command("resend")
+@click.option("--payment", "payment_id", required=True, type=click.UUID)
+@click.option("--reason", required=True, help="why (kept in the log)")
+def deliveries_resend(payment_id, reason: str) -> None:
+    """Send a paid payment's access link again: a new message with its own key."""
+    import logging
+
+    from grimbots import metrics, payments
+    from grimbots.jobs.messages import deliver
+    from grimbots.logs import event
+
+    if not reason.strip():
+        raise click.BadParameter("give a reason", param_hint="--reason")
+    services = _services()
+    resent = payments.resend_delivery(services.db, payment_id)
+    if resent is None:
+        raise click.ClickException(f"payment {payment_id} has no delivery (not paid?)")
+    outbox_id, key = resent
+    event(
+        logging.getLogger("grimbots.deliveries"),
+        logging.WARNING,
+        "operator re-sends a delivery",
+        payment_id=payment_id,
+        outbox_id=outbox_id,
+        outbox_key=key,
+        reason=reason,
+    )
+    metrics.DELIVERIES.labels("resend").inc()
+    result = deliver(services, outbox_id)
+    _print_json({"payment": str(payment_id), "outbox_id": outbox_id, "result": result})
+    if result != "sent":
+        sys.exit(1)
+
+
+@main.command("audit")
+@click.option(
+    "--sent",
+    "sent_file",
+    required=True,
+    type=click.File("r"),
+    help="JSON lines of the updates a load test sent",
+)
+@click.option("--drain-timeout", default=300.0, show_default=True, type=float)
+def audit_command(sent_file, drain_timeout: float) -> None:
+    """Reconcile what was sent with what the system did; exit 1 on any loss or duplicate."""
+    from grimbots.audit import audit, read_sent
+
+    services = _services()
+    report = audit(services, read_sent(sent_file.readlines()), drain_timeout)
+    click.echo(report.render())
+    sys.exit(0 if report.ok else 1)

@@ -54,6 +54,11 @@ def check(services: Services) -> tuple[str, dict[str, Any]]:
     database = _timed(services.db.ping)
     redis = _timed(services.redis.ping)
     checks: dict[str, Any] = {"database": database, "redis": redis}
+    # Informative only: a box without a PSP still serves Telegram (see Settings.pix).
+    checks["pix"] = {
+        "configured": services.pix is not None,
+        "provider": services.pix.provider if services.pix is not None else None,
+    }
     if not redis["ok"]:
         checks["queues"] = {"ok": False, "error": "redis unavailable"}
         return "unhealthy", {"status": "unhealthy", "checks": checks}

@@ -41,14 +41,37 @@ class Answer:
 OK = Answer(200, b'{"ok":true}')
 
 
-def _error(status: int, message: str) -> Answer:
+def error_answer(status: int, message: str) -> Answer:
     return Answer(status, orjson.dumps({"ok": False, "error": message}))
 
 
-NOT_FOUND = _error(404, "unknown bot")
-FORBIDDEN = _error(403, "bad secret token")
-TOO_LARGE = _error(413, "body too large")
-UNAVAILABLE = _error(503, "temporarily unavailable, retry")
+NOT_FOUND = error_answer(404, "unknown bot")
+FORBIDDEN = error_answer(403, "bad secret token")
+TOO_LARGE = error_answer(413, "body too large")
+UNAVAILABLE = error_answer(503, "temporarily unavailable, retry")
+
+
+def read_body(
+    content_length: str | None, read: Callable[[int], bytes], limit: int = MAX_BODY_BYTES
+) -> tuple[bytes, Answer | None, str]:
+    """(body, None, "") or (b"", the refusal, its reason) for a body over `limit` bytes.
+
+    Checks the declared size before reading, and never reads more than the cap + 1 (a
+    chunked body has no Content-Length).
+    """
+    if content_length:
+        try:
+            declared = int(content_length)
+        except ValueError:
+            return b"", error_answer(400, "bad Content-Length"), "bad_request"
+        if declared > limit:
+            return b"", TOO_LARGE, "too_large"
+        body = read(declared)
+    else:
+        body = read(limit + 1)
+    if len(body) > limit:
+        return b"", TOO_LARGE, "too_large"
+    return body, None, ""
 
 
 class TelegramIngest:
@@ -90,30 +113,23 @@ class TelegramIngest:
         ):
             return FORBIDDEN, "rejected", "bad_secret"
 
-        # Check the declared size before reading, and never read more than the cap + 1
-        # (a chunked body has no Content-Length).
-        if content_length:
-            try:
-                declared = int(content_length)
-            except ValueError:
-                return _error(400, "bad Content-Length"), "rejected", "bad_request"
-            if declared > MAX_BODY_BYTES:
-                return TOO_LARGE, "rejected", "too_large"
-            body = read(declared)
-        else:
-            body = read(MAX_BODY_BYTES + 1)
-        if len(body) > MAX_BODY_BYTES:
-            return TOO_LARGE, "rejected", "too_large"
+        body, refused, reason = read_body(content_length, read)
+        if refused is not None:
+            return refused, "rejected", reason
 
         try:
             update = orjson.loads(body)
         except orjson.JSONDecodeError:
-            return _error(400, "body is not JSON"), "rejected", "not_json"
+            return error_answer(400, "body is not JSON"), "rejected", "not_json"
         if not isinstance(update, dict):
-            return _error(400, "body is not a JSON object"), "rejected", "not_object"
+            return error_answer(400, "body is not a JSON object"), "rejected", "not_object"
         update_id = update.get("update_id")
         if type(update_id) is not int or update_id < 0:  # bool is an int subclass: exclude
-            return _error(400, "update_id missing or not an integer"), "rejected", "no_update_id"
+            return (
+                error_answer(400, "update_id missing or not an integer"),
+                "rejected",
+                "no_update_id",
+            )
 
         job_id = update_job_id(bot_id, update_id)
         data = self._jobs.data((bot_id, update_id, body.decode()))

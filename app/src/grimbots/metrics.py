@@ -50,9 +50,56 @@ OUTBOX_SENDS = Counter(
     ["result"],
 )
 
+PIX_CHARGES = Counter(
+    "grimbots_pix_charges_total",
+    "Charge requests by outcome: created, reused (double tap), failed (PSP refused), "
+    "retry (PSP unreachable, retried later), no_psp (no PSP configured: a buy that cannot work)",
+    ["outcome"],
+)
+PIX_WEBHOOK = Counter(
+    "grimbots_pix_webhook_total",
+    "PSP callbacks by outcome (accepted, duplicate, rejected) and reject reason",
+    ["provider", "outcome", "reason"],
+)
+PIX_WEBHOOK_AUTH_FAILURES = Counter(
+    "grimbots_pix_webhook_auth_failures_total",
+    "PSP callbacks refused for a missing or wrong signature (someone is probing, or a "
+    "secret is out of step)",
+    ["provider"],
+)
+PAYMENT_EVENTS = Counter(
+    "grimbots_payment_events_total",
+    "PIX payments reported by the PSP, by what they turned out to be (confirmed, late, "
+    "duplicate, amount_mismatch, unknown_txid, ignored)",
+    ["provider", "outcome"],
+)
+PAYMENTS_CONFIRMED = Counter(
+    "grimbots_payments_confirmed_total",
+    "Payments moved to paid (counted once, by the compare-and-set winner); late=true for "
+    "money that arrived after the charge had expired",
+    ["provider", "late"],
+)
+REVENUE_CENTS = Counter(
+    "grimbots_revenue_cents_total",
+    "Money received for confirmed payments, in cents (BRL), counted once per payment",
+    ["provider"],
+)
+DELIVERIES = Counter(
+    "grimbots_deliveries_total",
+    "Access-link deliveries created: first (one per paid payment) or resend (an operator's)",
+    ["kind"],
+)
+PAYMENTS_EXPIRED = Counter(
+    "grimbots_payments_expired_total", "Pending charges given up as expired", ["provider"]
+)
+
 # Pre-create the label sets we always report, so dashboards see zeros instead of gaps.
 for _outcome, _reason in (("accepted", ""), ("duplicate", "")):
     UPDATES.labels(_outcome, _reason)
+for _outcome in ("created", "reused", "failed", "retry", "no_psp"):
+    PIX_CHARGES.labels(_outcome)
+for _kind in ("first", "resend"):
+    DELIVERIES.labels(_kind)
 
 
 def multiprocess_dir() -> str | None:

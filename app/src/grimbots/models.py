@@ -3,11 +3,12 @@
 The constraints declared here (unique keys, foreign keys, checks) are what make the
 exactly-once story true, so they live in the database, not only in Python. Every change
 goes through an Alembic migration; tests assert the models and the migrations agree.
-Issue 4 adds payments, payment_events and deliveries next to these tables.
+Issue 4 adds payments, payment_events and deliveries (grimbots.payments).
 """
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 
 from sqlalchemy import (
@@ -16,11 +17,13 @@ from sqlalchemy import (
     CheckConstraint,
     DateTime,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
     Text,
     UniqueConstraint,
+    Uuid,
     func,
     text,
 )
@@ -39,6 +42,10 @@ NAMING_CONVENTION = {
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 
 OUTBOX_STATUSES = ("pending", "sending", "sent", "failed")
+# pending -> paid | expired | failed, and expired -> paid_late (money arrived after we had
+# given the charge up; see grimbots.payments). Every move is a compare-and-set.
+PAYMENT_STATUSES = ("pending", "paid", "expired", "failed", "paid_late")
+PAID_STATUSES = ("paid", "paid_late")
 
 
 class Base(DeclarativeBase):
@@ -154,3 +161,94 @@ class OutboxMessage(Base):
     created_at: Mapped[datetime] = _created_at()
     updated_at: Mapped[datetime] = _updated_at()
     sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Payment(Base):
+    """One PIX charge for (lead, offer). Its txid is derived from its id (grimbots.pix.txid)."""
+
+    __tablename__ = "payments"
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('pending', 'paid', 'expired', 'failed', 'paid_late')", name="status_known"
+        ),
+        CheckConstraint("amount_cents > 0", name="amount_positive"),
+        CheckConstraint("charge_attempts >= 0", name="charge_attempts_not_negative"),
+        # A double-tapped "buy" finds the open charge instead of making a second one.
+        Index(
+            "uq_payments_one_pending_per_lead_offer",
+            "lead_id",
+            "offer_id",
+            unique=True,
+            postgresql_where=text("status = 'pending'"),
+            sqlite_where=text("status = 'pending'"),
+        ),
+        Index("ix_payments_status_created_at", "status", "created_at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    bot_id: Mapped[int] = mapped_column(ForeignKey("bots.id", ondelete="CASCADE"))
+    lead_id: Mapped[int] = mapped_column(ForeignKey("leads.id", ondelete="CASCADE"))
+    offer_id: Mapped[int] = mapped_column(ForeignKey("offers.id", ondelete="CASCADE"))
+    amount_cents: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), server_default=text("'pending'"))
+    provider: Mapped[str] = mapped_column(String(32))
+    txid: Mapped[str] = mapped_column(String(35), unique=True)
+    pix_copy_paste: Mapped[str | None] = mapped_column(Text)
+    # PUT /cob calls started; more than 0 means "ask the PSP before creating it again".
+    charge_attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    failure_reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = _created_at()
+    updated_at: Mapped[datetime] = _updated_at()
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    paid_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    expired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    failed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class PaymentEvent(Base):
+    """One PIX the PSP reported (callback or status query), once per (provider, endToEndId).
+
+    Kept whatever it turned out to be, for audit: the raw callback body, the payment it
+    paid (if any), and why it did not count (flags).
+    """
+
+    __tablename__ = "payment_events"
+    __table_args__ = (
+        UniqueConstraint("provider", "event_key", name="uq_payment_events_provider_event_key"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    provider: Mapped[str] = mapped_column(String(32))
+    event_key: Mapped[str] = mapped_column(String(64))  # the Central Bank's endToEndId
+    source: Mapped[str] = mapped_column(String(16))  # webhook | reconcile
+    txid: Mapped[str | None] = mapped_column(String(35), index=True)
+    payment_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("payments.id", ondelete="SET NULL"), index=True
+    )
+    amount_cents: Mapped[int] = mapped_column(Integer)
+    paid_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    raw_body: Mapped[str] = mapped_column(Text)
+    amount_mismatch: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    late: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    unknown_txid: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    # What processing made of it: confirmed, late, duplicate, amount_mismatch, ...
+    outcome: Mapped[str | None] = mapped_column(String(32))
+    received_at: Mapped[datetime] = _created_at()
+    processed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Delivery(Base):
+    """The access link sent for one paid payment: at most one per payment, ever."""
+
+    __tablename__ = "deliveries"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    payment_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("payments.id", ondelete="CASCADE"), unique=True
+    )
+    access_token: Mapped[str] = mapped_column(String(64), unique=True)
+    outbox_key: Mapped[str] = mapped_column(String(200), unique=True)
+    outbox_message_id: Mapped[int | None] = mapped_column(
+        ForeignKey("outbox_messages.id", ondelete="SET NULL")
+    )
+    created_at: Mapped[datetime] = _created_at()

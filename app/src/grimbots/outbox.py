@@ -64,6 +64,20 @@ def add(
     return session.scalar(select(OutboxMessage.id).where(OutboxMessage.idempotency_key == key))
 
 
+def add_text(session, *, key: str, lead, kind: str, text: str) -> int:
+    """add() for a plain sendMessage to a lead (payment messages, notices)."""
+    return add(
+        session,
+        key=key,
+        bot_id=lead.bot_id,
+        lead_id=lead.id,
+        chat_id=lead.chat_id,
+        kind=kind,
+        method="sendMessage",
+        payload={"chat_id": lead.chat_id, "text": text},
+    )
+
+
 def claim(db: Database, outbox_id: int) -> Claimed | None:
     """Move the row pending -> sending; None if someone else did or it is not pending.
 

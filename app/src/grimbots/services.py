@@ -1,6 +1,7 @@
 """The per-process connection pools and clients, built once from Settings.
 
-This is the only process-wide state: Redis pool, database engine, Telegram client.
+This is the only process-wide state: Redis pool, database engine, Telegram client and the
+PSP adapter (None when no PSP is configured; see Settings.pix).
 Web processes build it in create_app(); RQ jobs call get_services(), which builds it from
 the environment on first use in the worker process.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from grimbots.db import Database
+from grimbots.pix import ApiPixAdapter, PixAdapter
 from grimbots.redis_pool import RedisManager
 from grimbots.settings import Settings, load_settings_or_exit
 from grimbots.telegram import TelegramClient
@@ -21,6 +23,7 @@ class Services:
     redis: RedisManager
     db: Database
     telegram: TelegramClient
+    pix: PixAdapter | None = None
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -29,6 +32,7 @@ class Services:
             redis=RedisManager(settings),
             db=Database(settings),
             telegram=TelegramClient(settings.telegram_api_url, settings.telegram_read_timeout),
+            pix=ApiPixAdapter(settings.pix) if settings.pix is not None else None,
         )
 
 

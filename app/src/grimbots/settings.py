@@ -11,7 +11,11 @@ import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from grimbots.pix.settings import PixSettings
 
 PREFIX = "GRIMBOTS_"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -38,6 +42,9 @@ class Settings:
     telegram_read_timeout: float = 10.0
     log_level: str = "INFO"
     dedupe_ttl_seconds: int = 86400
+    # None when no GRIMBOTS_PIX_* variable is set: the Telegram side runs, and a "buy"
+    # fails loudly (log line at ERROR, grimbots_pix_charges_total{outcome="no_psp"}).
+    pix: PixSettings | None = None
 
     @property
     def uses_sentinel(self) -> bool:
@@ -168,6 +175,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         raise SettingsError(f"{PREFIX}LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
 
     return Settings(
+        pix=_pix_settings(env),
         database_url=database_url,
         admin_token=admin_token,
         redis_url=_redis_url(redis_url) if redis_url else None,
@@ -181,6 +189,15 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         log_level=log_level,
         dedupe_ttl_seconds=_positive_int(env, "DEDUPE_TTL_SECONDS", 86400),
     )
+
+
+def _pix_settings(env: Mapping[str, str]) -> PixSettings | None:
+    """The PSP is optional, but all or nothing: one GRIMBOTS_PIX_* set means all required."""
+    from grimbots.pix.settings import PixSettings
+
+    if not any(key.startswith(PREFIX + "PIX_") and value.strip() for key, value in env.items()):
+        return None
+    return PixSettings.from_env(env)
 
 
 def load_settings_or_exit(env: Mapping[str, str] | None = None) -> Settings:

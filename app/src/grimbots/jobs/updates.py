@@ -13,10 +13,11 @@ from sqlalchemy import select
 from grimbots import outbox
 from grimbots.db import insert_for
 from grimbots.jobs import current_job_id, tracked
-from grimbots.jobs.gateway import create_charge
+from grimbots.jobs.gateway import CHARGE_RETRY, create_charge
 from grimbots.jobs.messages import deliver
 from grimbots.logs import event
 from grimbots.models import Bot, InboundUpdate, Lead, Offer
+from grimbots.pix import brl_label
 from grimbots.queues import GATEWAY, get_queue
 from grimbots.services import get_services
 
@@ -69,16 +70,12 @@ def sender_of(kind: str, body: dict[str, Any]) -> Sender | None:
     )
 
 
-def price_label(cents: int) -> str:
-    return f"R$ {cents // 100},{cents % 100:02d}"
-
-
 def offers_keyboard(offers: list[Offer]) -> dict[str, Any]:
     return {
         "inline_keyboard": [
             [
                 {
-                    "text": f"{o.name} - {price_label(o.price_cents)}",
+                    "text": f"{o.name} - {brl_label(o.price_cents)}",
                     "callback_data": f"{BUY_PREFIX}{o.id}",
                 }
             ]
@@ -211,6 +208,7 @@ def _enqueue_charge(services, bot_id: int, lead_id: int, offer_id: int, update_i
             job_id=charge_job_id(bot_id, update_id),
             description=f"create charge bot={bot_id} offer={offer_id} update={update_id}",
             unique=True,  # a re-run of this update must not ask for a second charge
+            retry=CHARGE_RETRY,  # PSP unreachable: RQ runs it again later
         )
     except DuplicateJobError:
         event(log, logging.INFO, "charge job already queued", bot_id=bot_id, update_id=update_id)

@@ -24,7 +24,7 @@ from grimbots.pix.adapter import (
     PixResult,
 )
 from grimbots.pix.api_pix import ApiPixAdapter
-from grimbots.pix.money import InvalidAmount, cents_from_valor, valor_from_cents
+from grimbots.pix.money import InvalidAmount, brl_label, cents_from_valor, valor_from_cents
 from grimbots.pix.settings import PixSettings
 from grimbots.pix.txid import is_valid_txid, payment_id_from_txid, txid_for
 
@@ -46,6 +46,7 @@ __all__ = [
     "PixPayment",
     "PixResult",
     "PixSettings",
+    "brl_label",
     "cents_from_valor",
     "is_valid_txid",
     "payment_id_from_txid",

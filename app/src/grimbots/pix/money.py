@@ -38,3 +38,8 @@ def valor_from_cents(cents: int) -> str:
         raise InvalidAmount(f"amount must be between 0 and {MAX_CENTS} cents, got {cents}")
     reais, rest = divmod(cents, 100)
     return f"{reais}.{rest:02d}"
+
+
+def brl_label(cents: int) -> str:
+    """1990 -> 'R$ 19,90': how buyers read a price."""
+    return f"R$ {cents // 100},{cents % 100:02d}"

@@ -23,6 +23,7 @@ from grimbots.settings import (
 MIN_WEBHOOK_SECRET_LENGTH = 16
 DEFAULT_CHARGE_EXPIRY_SECONDS = 3600
 DEFAULT_READ_TIMEOUT_SECONDS = 10.0
+DEFAULT_RECONCILE_AFTER_SECONDS = 300
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,8 @@ class PixSettings:
     # which may be in the same file.
     client_cert_file: str | None = None
     client_key_file: str | None = None
+    # The reconciliation job asks the PSP about charges still pending after this long.
+    reconcile_after_seconds: int = DEFAULT_RECONCILE_AFTER_SECONDS
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> PixSettings:
@@ -83,6 +86,9 @@ class PixSettings:
             token_url=token_url,
             client_cert_file=cert_file,
             client_key_file=key_file,
+            reconcile_after_seconds=_positive_int(
+                env, "PIX_RECONCILE_AFTER_SECONDS", DEFAULT_RECONCILE_AFTER_SECONDS
+            ),
         )
 
 

@@ -26,10 +26,12 @@ Control:  GET    /_sandbox/calls[?endpoint=token|cob.put|cob.get&txid=]  oldest 
                  "amount_cents": 1234 (a payment that differs from the charge),
                  "end_to_end_id": E (one txid only), "signature": "valid"|"bad"|"missing",
                  "notify_url": U (instead of the configured one), "wait": true (answer after
-                 the deliveries, with their statuses)
+                 the deliveries, with their statuses), "allow_removed": true (pay a charge
+                 that was removed: a PIX that raced the expiry, for late-payment tests)
                  -> marks the charges CONCLUIDA and POSTs signed callbacks in the background
           POST   /_sandbox/expire  JSON {"txid": T}  an ATIVA charge becomes REMOVIDA_PELO_PSP
           GET    /_sandbox/notifications             every callback delivery and its answer
+                                                     (sent_at: when its POST started)
 Callbacks: POST notify_url, body {"pix": [{"endToEndId", "txid", "valor", "horario",
           "infoPagador"}]}, header X-Pix-Signature: sha256=<HMAC-SHA256 of the body with
           webhook_secret> (see grimbots.pix.notifications).
@@ -493,7 +495,8 @@ def pay(server: PixSandboxServer, spec: dict[str, Any]) -> tuple[int, dict[str, 
             if charge is None:
                 return 404, {"ok": False, "description": f"no charge {txid}"}
             state.expire_if_due(charge)
-            if charge["status"] != "ATIVA":
+            late = spec.get("allow_removed") and charge["status"].startswith("REMOVIDA")
+            if charge["status"] != "ATIVA" and not late:
                 return 409, {"ok": False, "description": f"charge {txid} is {charge['status']}"}
         items = []
         for txid in txids:
@@ -598,6 +601,7 @@ class PixSandboxServer(ThreadingHTTPServer):
             headers[SIGNATURE_HEADER] = sign(body, "not-the-webhook-secret")
         status: int | None = None
         error: str | None = None
+        sent_at = time.time()
         try:
             status = self.http.post(url, content=body, headers=headers).status_code
         except Exception as exc:  # a stand-in reports every failure, it never dies of one
@@ -609,6 +613,7 @@ class PixSandboxServer(ThreadingHTTPServer):
             "signature": mode,
             "status": status,
             "error": error,
+            "sent_at": sent_at,
             "time": time.time(),
             "request": request,
         }

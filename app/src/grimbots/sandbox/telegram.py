@@ -126,6 +126,9 @@ def _result(method: str, bot_id: int | None, params: dict[str, Any], message_id:
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, like the real API
+    # Headers and body leave in two writes; with Nagle on, a keep-alive client waits for
+    # the delayed ACK (40 ms) on every call.
+    disable_nagle_algorithm = True
     server: SandboxServer
 
     def log_message(self, format: str, *args: Any) -> None:

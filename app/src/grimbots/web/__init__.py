@@ -9,6 +9,7 @@ from flask import Flask, g, request
 from grimbots import metrics
 from grimbots.bot_secrets import BotSecretCache, database_loader
 from grimbots.ingest import MAX_BODY_BYTES, TelegramIngest
+from grimbots.pix_ingest import PixIngest
 from grimbots.services import Services, init_services
 from grimbots.settings import Settings
 
@@ -23,9 +24,14 @@ def ingest_of(app: Flask) -> TelegramIngest:
     return app.extensions[EXTENSION]["ingest"]
 
 
+def pix_ingest_of(app: Flask) -> PixIngest:
+    return app.extensions[EXTENSION]["pix_ingest"]
+
+
 def create_app(settings: Settings) -> Flask:
     from grimbots.web.admin import admin
     from grimbots.web.health import health
+    from grimbots.web.pix_webhook import pix_webhook
     from grimbots.web.prometheus import metrics_bp
     from grimbots.web.telegram_webhook import telegram_webhook
 
@@ -34,9 +40,14 @@ def create_app(settings: Settings) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     services = init_services(settings)
     ingest = TelegramIngest(settings, BotSecretCache(database_loader(services.db)))
-    app.extensions[EXTENSION] = {"services": services, "ingest": ingest}
+    app.extensions[EXTENSION] = {
+        "services": services,
+        "ingest": ingest,
+        "pix_ingest": PixIngest(services),
+    }
 
     app.register_blueprint(telegram_webhook)
+    app.register_blueprint(pix_webhook)
     app.register_blueprint(health)
     app.register_blueprint(metrics_bp)
     app.register_blueprint(admin)

@@ -1,0 +1,425 @@
+"""Payments on the database: the PIX charge state machine, PSP events and deliveries.
+
+A payment moves only forward, and every move is a compare-and-set
+(`UPDATE payments SET status=<to> WHERE id=? AND status=<from>`), so of any number of
+concurrent callers (50 copies of a callback, the reconciliation job) exactly one wins:
+  pending -> paid       the PSP reports a PIX of the charged amount
+  pending -> expired    the PSP removed the charge, or it is long past its expiry
+  pending -> failed     the PSP refused the charge, or a PIX of another amount paid it
+  expired -> paid_late  a PIX of the charged amount for a charge we had given up
+Only the winner of a move to paid/paid_late creates the delivery (its outbox row and its
+deliveries row), in the same transaction as the move: a crash leaves both or neither.
+The caller counts revenue only when it won (grimbots.jobs.webhook).
+
+Late payments (decision): the PSP took the buyer's money for our charge, so it is revenue
+and the buyer gets access, like any payment; the status `paid_late` and the event flag
+`late` keep it apart, the job logs it at WARNING and counts it with late="true", so an
+operator can review it (an expiry that raced the payment is the usual cause). It is counted
+once, like any payment: only the compare-and-set winner counts it.
+
+Amount mismatch (decision): never paid. The event is flagged and the pending payment moves
+to failed with the reason (an API Pix charge cannot be paid twice, so it would never be
+paid right): the buyer can tap "buy" again and an operator refunds the odd amount.
+A PIX whose txid we do not know is kept, flagged unknown_txid, and pays nothing.
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from grimbots import outbox
+from grimbots.db import Database, insert_for
+from grimbots.models import Delivery, Lead, Offer, OutboxMessage, Payment, PaymentEvent
+from grimbots.pix import PaymentNotice, PixPayment, brl_label, txid_for
+
+PENDING, PAID, EXPIRED, FAILED, PAID_LATE = "pending", "paid", "expired", "failed", "paid_late"
+
+
+def utc(moment: datetime) -> datetime:
+    """Aware UTC: SQLite keeps the wall-clock digits and drops the offset."""
+    return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+# --- charges -------------------------------------------------------------------------
+
+
+def open_charge(
+    session: Session, *, bot_id: int, lead_id: int, offer_id: int, amount_cents: int, provider: str
+) -> tuple[Payment, bool]:
+    """The pending payment of (lead, offer): a new one, or the open one (created=False).
+
+    The partial unique index (one pending row per lead and offer) decides between
+    concurrent callers: INSERT ... ON CONFLICT DO NOTHING, then read whichever row won.
+    A pending charge already past its expiry is expired first, so a new "buy" works.
+    """
+    session.execute(
+        update(Payment)
+        .where(
+            Payment.lead_id == lead_id,
+            Payment.offer_id == offer_id,
+            Payment.status == PENDING,
+            Payment.expires_at < now(),
+        )
+        .values(status=EXPIRED, expired_at=func.now(), updated_at=func.now())
+    )
+    payment_id = uuid.uuid4()
+    insert = insert_for(session)
+    created = session.execute(
+        insert(Payment)
+        .values(
+            id=payment_id,
+            bot_id=bot_id,
+            lead_id=lead_id,
+            offer_id=offer_id,
+            amount_cents=amount_cents,
+            provider=provider,
+            txid=txid_for(payment_id),
+        )
+        .on_conflict_do_nothing(
+            index_elements=["lead_id", "offer_id"], index_where=Payment.status == PENDING
+        )
+    ).rowcount
+    payment = session.scalar(
+        select(Payment).where(
+            Payment.lead_id == lead_id, Payment.offer_id == offer_id, Payment.status == PENDING
+        )
+    )
+    if payment is None:  # the open one was paid or expired between our two statements
+        return open_charge(
+            session,
+            bot_id=bot_id,
+            lead_id=lead_id,
+            offer_id=offer_id,
+            amount_cents=amount_cents,
+            provider=provider,
+        )
+    return payment, created == 1
+
+
+def get(db: Database, payment_id: uuid.UUID) -> Payment | None:
+    with db.session() as session:
+        return session.get(Payment, payment_id)
+
+
+def count_charge_attempt(db: Database, payment_id: uuid.UUID) -> None:
+    """Committed before PUT /cob: a later run knows to ask the PSP before creating again."""
+    with db.session() as session:
+        session.execute(
+            update(Payment)
+            .where(Payment.id == payment_id)
+            .values(charge_attempts=Payment.charge_attempts + 1, updated_at=func.now())
+        )
+
+
+def store_charge(
+    db: Database, payment_id: uuid.UUID, pix_copy_paste: str, expires_at: datetime
+) -> None:
+    with db.session() as session:
+        session.execute(
+            update(Payment)
+            .where(Payment.id == payment_id, Payment.pix_copy_paste.is_(None))
+            .values(
+                pix_copy_paste=pix_copy_paste, expires_at=utc(expires_at), updated_at=func.now()
+            )
+        )
+
+
+def _move(session: Session, payment_id: uuid.UUID, source: str, target: str, **values) -> bool:
+    """The compare-and-set: True for the one caller that moved the payment."""
+    result = session.execute(
+        update(Payment)
+        .where(Payment.id == payment_id, Payment.status == source)
+        .values(status=target, updated_at=func.now(), **values)
+    )
+    return result.rowcount == 1
+
+
+def expire(db: Database, payment_id: uuid.UUID) -> bool:
+    with db.session() as session:
+        return _move(session, payment_id, PENDING, EXPIRED, expired_at=func.now())
+
+
+def fail(db: Database, payment_id: uuid.UUID, reason: str) -> bool:
+    with db.session() as session:
+        return _fail(session, payment_id, reason)
+
+
+def _fail(session: Session, payment_id: uuid.UUID, reason: str) -> bool:
+    return _move(
+        session, payment_id, PENDING, FAILED, failed_at=func.now(), failure_reason=reason[:1000]
+    )
+
+
+def due_for_reconciliation(db: Database, older_than: timedelta, limit: int) -> list[uuid.UUID]:
+    with db.session() as session:
+        return list(
+            session.scalars(
+                select(Payment.id)
+                .where(Payment.status == PENDING, Payment.created_at < now() - older_than)
+                .order_by(Payment.created_at)
+                .limit(limit)
+            )
+        )
+
+
+# --- PSP events ----------------------------------------------------------------------
+
+
+def record_notice(
+    session: Session, provider: str, notice: PaymentNotice | PixPayment, raw: bytes, source: str
+) -> tuple[int, bool]:
+    """Store one reported PIX once per (provider, endToEndId); (event id, processed yet)."""
+    txid = getattr(notice, "txid", None)
+    insert = insert_for(session)
+    session.execute(
+        insert(PaymentEvent)
+        .values(
+            provider=provider,
+            event_key=notice.end_to_end_id,
+            source=source,
+            txid=txid,
+            amount_cents=notice.amount_cents,
+            paid_at=utc(notice.paid_at),
+            raw_body=raw.decode("utf-8", "replace"),
+        )
+        .on_conflict_do_nothing(index_elements=["provider", "event_key"])
+    )
+    row = session.execute(
+        select(PaymentEvent.id, PaymentEvent.processed_at).where(
+            PaymentEvent.provider == provider, PaymentEvent.event_key == notice.end_to_end_id
+        )
+    ).one()
+    return row.id, row.processed_at is not None
+
+
+def record_status_payment(db: Database, provider: str, txid: str, pix: PixPayment) -> int:
+    """A PIX found by asking the PSP about a charge: the same row its callback would make."""
+    raw = orjson.dumps(
+        {
+            "endToEndId": pix.end_to_end_id,
+            "txid": txid,
+            "amount_cents": pix.amount_cents,
+            "paid_at": pix.paid_at.isoformat(),
+            "source": "charge status",
+        }
+    )
+    notice = PaymentNotice(pix.end_to_end_id, txid, pix.amount_cents, pix.paid_at)
+    with db.session() as session:
+        event_id, _ = record_notice(session, provider, notice, raw, "reconcile")
+    return event_id
+
+
+def unprocessed_events(
+    db: Database, older_than: timedelta, limit: int
+) -> list[tuple[int, str, str]]:
+    """(id, provider, event_key) of events nobody processed: their job was lost."""
+    with db.session() as session:
+        return [
+            tuple(row)
+            for row in session.execute(
+                select(PaymentEvent.id, PaymentEvent.provider, PaymentEvent.event_key)
+                .where(
+                    PaymentEvent.processed_at.is_(None),
+                    PaymentEvent.received_at < now() - older_than,
+                )
+                .limit(limit)
+            )
+        ]
+
+
+@dataclass(frozen=True)
+class Settled:
+    """What applying one event did. `won` is true for exactly one caller per payment."""
+
+    # confirmed, late, duplicate, amount_mismatch, unknown_txid, ignored, already_processed
+    outcome: str
+    provider: str
+    payment_id: uuid.UUID | None
+    amount_cents: int
+    won: bool = False
+
+
+def apply_event(db: Database, event_id: int) -> Settled:
+    """Apply a recorded PIX to its payment (the compare-and-set), once per event."""
+    with db.session() as session:
+        event = session.get(PaymentEvent, event_id)
+        if event is None:
+            raise LookupError(f"no payment event {event_id}")
+        if event.processed_at is not None:
+            return Settled(
+                "already_processed", event.provider, event.payment_id, event.amount_cents
+            )
+        payment = (
+            session.scalar(select(Payment).where(Payment.txid == event.txid))
+            if event.txid
+            else None
+        )
+        won, flags = False, {}
+        paid_at = event.paid_at or func.now()
+        if payment is None:
+            outcome, flags = "unknown_txid", {"unknown_txid": True}
+        elif event.amount_cents != payment.amount_cents:
+            outcome, flags = "amount_mismatch", {"amount_mismatch": True}
+            _fail(
+                session,
+                payment.id,
+                f"amount mismatch: paid {event.amount_cents} cents, charged "
+                f"{payment.amount_cents} (event {event.event_key})",
+            )
+        elif _move(session, payment.id, PENDING, PAID, paid_at=paid_at):
+            outcome, won = "confirmed", True
+        elif _move(session, payment.id, EXPIRED, PAID_LATE, paid_at=paid_at):
+            outcome, won, flags = "late", True, {"late": True}
+        else:
+            status = session.scalar(select(Payment.status).where(Payment.id == payment.id))
+            outcome = "duplicate" if status in (PAID, PAID_LATE) else "ignored"
+        if won:
+            create_delivery(session, payment)
+        # Also a compare-and-set: of two processors of one event, one writes the verdict.
+        session.execute(
+            update(PaymentEvent)
+            .where(PaymentEvent.id == event_id, PaymentEvent.processed_at.is_(None))
+            .values(
+                processed_at=func.now(),
+                outcome=outcome,
+                payment_id=payment.id if payment is not None else None,
+                **flags,
+            )
+        )
+        return Settled(
+            outcome,
+            event.provider,
+            payment.id if payment is not None else None,
+            event.amount_cents,
+            won,
+        )
+
+
+# --- deliveries ----------------------------------------------------------------------
+
+
+def access_link(link: str, token: str) -> str:
+    return f"{link}{'&' if '?' in link else '?'}access={token}"
+
+
+def delivery_text(offer_name: str, link: str) -> str:
+    return f"Payment received, thank you! Your access to {offer_name}:\n{link}"
+
+
+def pix_code_text(offer_name: str, amount_cents: int, code: str) -> str:
+    return (
+        f"PIX for {offer_name} - {brl_label(amount_cents)}\n"
+        "Copy the code below and paste it in your bank app (PIX copia e cola):\n\n"
+        f"{code}"
+    )
+
+
+def delivery_key(payment_id: uuid.UUID) -> str:
+    return f"pix:delivery:{payment_id.hex}"
+
+
+def create_delivery(session: Session, payment: Payment) -> int:
+    """The delivery row and its outbox message; called by the compare-and-set winner."""
+    offer = session.get(Offer, payment.offer_id)
+    lead = session.get(Lead, payment.lead_id)
+    token = secrets.token_urlsafe(24)
+    key = delivery_key(payment.id)
+    text = delivery_text(offer.name, access_link(offer.access_link, token))
+    outbox_id = outbox.add_text(session, key=key, lead=lead, kind="delivery", text=text)
+    insert = insert_for(session)
+    session.execute(
+        insert(Delivery)
+        .values(
+            payment_id=payment.id, access_token=token, outbox_key=key, outbox_message_id=outbox_id
+        )
+        .on_conflict_do_nothing(index_elements=["payment_id"])
+    )
+    return outbox_id
+
+
+def pending_delivery_outbox_id(db: Database, payment_id: uuid.UUID) -> int | None:
+    """The delivery's outbox row if it still waits to be sent (e.g. after a crash)."""
+    with db.session() as session:
+        return session.scalar(
+            select(OutboxMessage.id)
+            .join(Delivery, Delivery.outbox_message_id == OutboxMessage.id)
+            .where(Delivery.payment_id == payment_id, OutboxMessage.status == "pending")
+        )
+
+
+def resend_delivery(db: Database, payment_id: uuid.UUID) -> tuple[int, str] | None:
+    """An operator's explicit re-send: a new outbox row with its own key; (id, key)."""
+    with db.session() as session:
+        row = session.execute(
+            select(Delivery, Offer, Lead)
+            .join(Payment, Payment.id == Delivery.payment_id)
+            .join(Offer, Offer.id == Payment.offer_id)
+            .join(Lead, Lead.id == Payment.lead_id)
+            .where(Delivery.payment_id == payment_id)
+        ).first()
+        if row is None:
+            return None
+        delivery, offer, lead = row
+        key = f"pix:resend:{delivery.id}:{uuid.uuid4().hex}"
+        text = delivery_text(offer.name, access_link(offer.access_link, delivery.access_token))
+        outbox_id = outbox.add_text(session, key=key, lead=lead, kind="delivery_resend", text=text)
+        return outbox_id, key
+
+
+def list_deliveries(
+    db: Database, bot_id: int | None = None, status: str | None = None, limit: int = 1000
+) -> list[dict[str, Any]]:
+    """Deliveries with their payment and the state of their outbox message (newest first)."""
+    query = (
+        select(
+            Delivery.id,
+            Delivery.payment_id,
+            Delivery.created_at,
+            Payment.bot_id,
+            Payment.lead_id,
+            Payment.offer_id,
+            Payment.amount_cents,
+            Payment.status.label("payment_status"),
+            OutboxMessage.status.label("message_status"),
+            OutboxMessage.sent_at,
+            OutboxMessage.error,
+        )
+        .join(Payment, Payment.id == Delivery.payment_id)
+        .outerjoin(OutboxMessage, OutboxMessage.id == Delivery.outbox_message_id)
+        .order_by(Delivery.id.desc())
+        .limit(limit)
+    )
+    if bot_id is not None:
+        query = query.where(Payment.bot_id == bot_id)
+    if status is not None:
+        query = query.where(OutboxMessage.status == status)
+    with db.session() as session:
+        rows = session.execute(query).all()
+    return [
+        {
+            "id": r.id,
+            "payment": str(r.payment_id),
+            "bot": r.bot_id,
+            "lead": r.lead_id,
+            "offer": r.offer_id,
+            "amount_cents": r.amount_cents,
+            "payment_status": r.payment_status,
+            "status": r.message_status,
+            "created_at": r.created_at.isoformat() if r.created_at else None,
+            "sent_at": r.sent_at.isoformat() if r.sent_at else None,
+            "error": r.error,
+        }
+        for r in rows
+    ]

@@ -1,0 +1,24 @@
+"""POST /webhook/pix/<provider>: the PSP's callbacks (logic in grimbots.pix_ingest)."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, current_app, request
+
+from grimbots.web import pix_ingest_of
+
+pix_webhook = Blueprint("pix_webhook", __name__)
+
+ROUTE = "/webhook/pix/<provider>"
+
+
+@pix_webhook.post(ROUTE)
+def receive(provider: str) -> Response:
+    answer = pix_ingest_of(current_app).handle(
+        provider,
+        request.headers,
+        request.headers.get("Content-Length"),
+        # Lazy, as for Telegram: our own size check runs before Werkzeug reads anything.
+        lambda size: request.stream.read(size),
+        client=request.remote_addr,
+    )
+    return Response(answer.body, status=answer.status, mimetype="application/json")

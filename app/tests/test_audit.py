@@ -1,0 +1,106 @@
+"""`grimbots audit` on a small real flow (updates and a payment), and the operator commands
+around deliveries and reconciliation, all through the command line."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+import httpx
+import orjson
+from grimbots.models import Payment
+from grimbots.queues import ALL_QUEUES
+from payment_support import PIX_PATH, sent_texts
+from sqlalchemy import select
+from support import GRIMBOTS, buy_callback, post_update, start_message, wait_for
+
+
+def grimbots(env, *args) -> subprocess.CompletedProcess:
+    return subprocess.run([GRIMBOTS, *args], env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_audit_passes_on_a_real_flow_and_catches_a_duplicate_delivery(
+    env, bot, services, telegram, psp, start_web, start_worker, tmp_path
+):
+    base_url = start_web(workers=2)
+    start_worker(*ALL_QUEUES)
+    user = 9100
+    buy = buy_callback(2, user, bot.offer_id)
+    buy["callback_query"]["id"] = "2"  # the load generator's convention: id = update_id
+    sent = []
+    for update_id, kind, update in ((1, "start", start_message(1, user)), (2, "buy", buy)):
+        status = post_update(base_url, bot.id, bot.secret, update).status_code
+        sent.append(
+            {"bot": bot.id, "update_id": update_id, "chat": user, "kind": kind, "status": status}
+        )
+    wait_for(lambda: sent_texts(telegram, user, "PIX for"), message="PIX code")
+    with services.db.session() as session:
+        payment = session.scalar(select(Payment))
+    psp.pay(txid=payment.txid, times=3, notify_url=base_url + PIX_PATH, wait=True)
+    wait_for(lambda: sent_texts(telegram, user, "access="), message="delivery")
+    sent_file = tmp_path / "sent.jsonl"
+    sent_file.write_bytes(b"\n".join(orjson.dumps(s) for s in sent) + b"\n")
+
+    audit = ("audit", "--sent", str(sent_file), "--drain-timeout", "30")
+    result = grimbots(env, *audit)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "OK, 0 lost, 0 duplicated" in result.stdout
+    assert re.search(r"payments confirmed \(paid \+ paid_late\) +1\n", result.stdout)
+    assert re.search(r"delivery messages at the stand-in +1\n", result.stdout)
+
+    listed = orjson.loads(grimbots(env, "deliveries", "list", "--bot", str(bot.id)).stdout)
+    assert [(d["payment"], d["status"]) for d in listed] == [(str(payment.id), "sent")]
+    assert orjson.loads(grimbots(env, "deliveries", "list", "--status", "failed").stdout) == []
+
+    # An operator's re-send is a new message with its own key; the audit expects it.
+    resend = grimbots(
+        env, "deliveries", "resend", "--payment", str(payment.id), "--reason", "buyer lost it"
+    )
+    assert resend.returncode == 0, resend.stderr
+    assert "operator re-sends a delivery" in resend.stderr and "buyer lost it" in resend.stderr
+    assert len(sent_texts(telegram, user, "access=")) == 2
+    assert grimbots(env, *audit).returncode == 0
+
+    # A delivery message that reaches Telegram once more than the outbox sent it (what a
+    # blind retry of a timed-out send would do) must fail the audit.
+    (delivered,) = [
+        c for c in telegram.calls("sendMessage", chat_id=user) if "access=" in (c["text"] or "")
+    ][:1]
+    httpx.post(
+        f"{telegram.url}/bot{bot.token}/sendMessage", json=delivered["params"]
+    ).raise_for_status()
+    result = grimbots(env, *audit)
+    assert result.returncode == 1
+    assert "FAILED" in result.stdout and str(payment.id) in result.stdout
+
+
+def test_reconcile_command_queues_once_per_period(env, redis_client):
+    first = orjson.loads(grimbots(env, "reconcile", "--interval", "3600").stdout)
+    again = orjson.loads(grimbots(env, "reconcile", "--interval", "3600").stdout)
+    assert first["queued"] is True and first["job_id"].startswith("reconcile-")
+    assert again == {"queued": False, "job_id": None}
+    assert redis_client.lrange("rq:queue:gateway", 0, -1) == [first["job_id"].encode()]
+    inline = grimbots(env, "reconcile", "--inline")
+    assert inline.returncode == 0, inline.stderr
+    assert orjson.loads(inline.stdout) == {"events requeued": 0}
+
+
+def test_sandbox_pix_command_serves_api_pix(env):
+    from support import Process, free_port, port_open
+
+    port = free_port()
+    proc = Process(
+        [GRIMBOTS, "sandbox", "pix", "--port", str(port), "--client-id", "me"],
+        env | {"GRIMBOTS_SANDBOX_PIX_CLIENT_SECRET": "s3cret"},
+        __import__("pathlib").Path(f"/tmp/pix-sandbox-{port}.log"),
+    )
+    try:
+        wait_for(lambda: port_open(port), message="pix sandbox")
+        token = httpx.post(
+            f"http://127.0.0.1:{port}/oauth/token",
+            data={"grant_type": "client_credentials"},
+            auth=("me", "s3cret"),
+        )
+        assert token.status_code == 200 and token.json()["access_token"]
+    finally:
+        proc.stop()
