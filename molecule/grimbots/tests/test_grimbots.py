@@ -1,0 +1,304 @@
+"""The grimbots role: the app serves, its worker fleet consumes, systemd keeps both alive.
+
+Behaviour, not files: real HTTP calls to gunicorn, a real update through Redis and an RQ
+worker to the Telegram stand-in, processes killed with SIGKILL and timed until they serve
+again. Timings are printed as `MEASURE name=value` lines.
+"""
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "shared"))
+
+from infra import host_in, wait_until
+
+SCENARIO = Path(__file__).resolve().parents[1]
+PROJECT = SCENARIO.parents[1]
+FLEET = {"tasks": 5, "gateway": 3, "webhook": 3}
+APP_USER = "grimbots"
+REDIS_PASSWORD = "molecule-redis-password"
+ALERT_CHAT_ID = -1000000000042
+SANDBOX_PORT = 8081
+RECOVERY_LIMIT = 15.0
+
+
+def measure(name, value):
+    print(f"\nMEASURE {name}={value}")
+
+
+@pytest.fixture(scope="module")
+def app():
+    return host_in("app")
+
+
+@pytest.fixture(scope="module")
+def redis():
+    return host_in("redis")
+
+
+@pytest.fixture(scope="module")
+def address(app):
+    """The app host's private address: gunicorn and the stand-in listen there."""
+    out = app.check_output("ip -4 -o addr show dev eth0")
+    return out.split()[3].split("/")[0]
+
+
+@pytest.fixture(scope="module")
+def web(address):
+    return f"http://{address}:8000"
+
+
+@pytest.fixture(scope="module")
+def sandbox(address):
+    return f"http://{address}:{SANDBOX_PORT}"
+
+
+def http(host, method, url, body=None, headers=()):
+    """(status, text) of one request made from inside `host`; status 0 = no answer."""
+    cmd = ["curl", "-sS", "-m", "5", "-X", method, "-w", "\\n%{http_code}"]
+    for header in headers:
+        cmd += ["-H", header]
+    if body is not None:
+        cmd += ["-H", "Content-Type: application/json", "--data-binary", json.dumps(body)]
+    cmd.append(url)
+    out = host.run(shlex.join(cmd))
+    text, _, code = out.stdout.rpartition("\n")
+    return (int(code) if code.isdigit() else 0), text
+
+
+def health(host, web):
+    status, text = http(host, "GET", f"{web}/health")
+    try:
+        return status, json.loads(text)
+    except ValueError:
+        return status, {}
+
+
+def main_pid(host, unit):
+    return int(host.check_output(f"systemctl show -p MainPID --value {unit}") or 0)
+
+
+def active_instances(host):
+    out = host.check_output(
+        "systemctl list-units --plain --no-legend --state=active 'rq-worker@*.service'"
+    )
+    return sorted(line.split()[0] for line in out.splitlines() if line.strip())
+
+
+def per_queue(instances):
+    counts = {}
+    for unit in instances:
+        queue = unit.split("@", 1)[1].rsplit("-", 1)[0]
+        counts[queue] = counts.get(queue, 0) + 1
+    return counts
+
+
+def calls(host, sandbox, chat_id):
+    query = f"method=sendMessage&chat_id={chat_id}"
+    status, text = http(host, "GET", f"{sandbox}/_sandbox/calls?{query}")
+    assert status == 200, text
+    return json.loads(text)["calls"]
+
+
+def redis_cli(redis, args):
+    return redis.check_output(
+        f"redis-cli -h 127.0.0.1 --pass {REDIS_PASSWORD} --no-auth-warning {args}"
+    ).strip()
+
+
+def manage(app, args):
+    return json.loads(app.check_output(f"grimbots-manage {args}"))
+
+
+def test_fleet_has_the_configured_size(app):
+    assert app.check_output("systemctl is-active grimbots.target") == "active"
+    instances = active_instances(app)
+    print(f"\nactive workers: {instances}")
+    assert per_queue(instances) == FLEET
+
+
+def test_units_run_as_the_app_user(app):
+    account = app.user(APP_USER)
+    assert account.shell == "/usr/sbin/nologin"
+    units = ["grimbots-web.service", "grimbots-sandbox@telegram.service", *active_instances(app)]
+    for unit in units:
+        pid = main_pid(app, unit)
+        assert pid, f"{unit} has no main process"
+        assert app.check_output(f"ps -o user= -p {pid}") == APP_USER, unit
+    # gunicorn's own workers too, and nothing of the app runs as root.
+    users = app.check_output(f"ps -o user= --ppid {main_pid(app, 'grimbots-web.service')}").split()
+    assert users and set(users) == {APP_USER}
+
+
+def test_health_is_healthy_with_every_queue_served(app, web):
+    def served():
+        status, report = health(app, web)
+        queues = report.get("checks", {}).get("queues", {})
+        ok = status == 200 and report.get("status") == "healthy"
+        return ok and all(queues.get(q, {}).get("workers") == n for q, n in FLEET.items())
+
+    wait_until(served, 30, "/health healthy with every configured worker registered")
+    status, report = health(app, web)
+    print(f"\n/health {status}: {json.dumps(report['checks']['queues'])}")
+
+
+def test_update_gets_exactly_one_reply(app, web, sandbox):
+    secret = "molecule-webhook-secret"
+    bot = manage(
+        app,
+        "bots add --name molecule --token 100000001:molecule-bot "
+        f"--secret {secret} --welcome 'Hello from molecule'",
+    )
+    chat_id = 5_000_000 + int(time.time()) % 1_000_000
+    update = {
+        "update_id": int(time.time() * 1000),
+        "message": {
+            "message_id": 1,
+            "date": int(time.time()),
+            "chat": {"id": chat_id, "type": "private"},
+            "from": {"id": chat_id, "is_bot": False, "first_name": "Molecule"},
+            "text": "/start",
+        },
+    }
+    url = f"{web}/webhook/telegram/{bot['id']}"
+    header = f"X-Telegram-Bot-Api-Secret-Token: {secret}"
+    started = time.monotonic()
+    status, text = http(app, "POST", url, update, [header])
+    assert status == 200, text
+    wait_until(lambda: calls(app, sandbox, chat_id), 15, "the bot's reply at the stand-in")
+    measure("update_to_reply_seconds", round(time.monotonic() - started, 2))
+
+    # Telegram retries: the same update again must not produce a second message.
+    status, text = http(app, "POST", url, update, [header])
+    assert status == 200, text
+
+    def drained():
+        queues = health(app, web)[1].get("checks", {}).get("queues", {})
+        return queues.get("tasks", {}).get("size") == 0
+
+    wait_until(drained, 15, "the tasks queue to drain")
+    replies = calls(app, sandbox, chat_id)
+    assert len(replies) == 1, replies
+    assert replies[0]["text"] == "Hello from molecule"
+
+
+def test_killed_gunicorn_master_serves_again_within_15s(app, web):
+    old = main_pid(app, "grimbots-web.service")
+    app.check_output(f"kill -9 {old}")
+    started = time.monotonic()
+
+    def serving():
+        pid = main_pid(app, "grimbots-web.service")
+        return pid not in (0, old) and health(app, web)[0] == 200
+
+    wait_until(serving, RECOVERY_LIMIT, "a new gunicorn master answering /health with 200")
+    measure("web_kill9_to_serving_seconds", round(time.monotonic() - started, 2))
+
+
+def test_killed_worker_consumes_again_within_15s(app, redis):
+    # A tasks worker that runs alone in its cgroup. The one worker per queue that holds
+    # RQ's scheduler lock also has a scheduler child process; in these test containers
+    # (cgroup v1, where systemd is not told that a cgroup became empty) systemd then waits
+    # the whole TimeoutStopSec for that child before restarting. On a cgroup v2 host both
+    # kinds come back equally fast. docs/operations.md, "Supervision", has the details.
+    def lone(unit):
+        return len(app.check_output(f"systemd-cgls --no-pager -u {unit}").splitlines()) == 2
+
+    unit = next(u for u in active_instances(app) if u.startswith("rq-worker@tasks-") and lone(u))
+    hostname = app.check_output("hostname")
+    old = main_pid(app, unit)
+    app.check_output(f"kill -9 {old}")
+    started = time.monotonic()
+
+    def consuming():
+        pid = main_pid(app, unit)
+        if pid in (0, old):
+            return False
+        # The app names workers HOST.PID.QUEUES; RQ marks a worker idle while it waits
+        # on its queue, so "idle" or "busy" means this new process is consuming tasks.
+        key = f"rq:worker:{hostname}.{pid}.tasks"
+        registered = redis_cli(redis, f"SISMEMBER rq:workers:tasks {key}") == "1"
+        return registered and redis_cli(redis, f"HGET {key} state") in ("idle", "busy")
+
+    wait_until(consuming, RECOVERY_LIMIT, f"{unit} back and registered on the tasks queue")
+    measure(f"worker_kill9_to_consuming_seconds[{unit}]", round(time.monotonic() - started, 2))
+    assert per_queue(active_instances(app)) == FLEET
+
+
+def test_health_alert_reaches_telegram(app, web, sandbox):
+    # Run by hand, with the timer paused and its memory cleared, so the test is alone.
+    app.check_output("systemctl stop grimbots-health-alert.timer")
+    app.check_output("rm -f /var/lib/grimbots-health-alert/state.json")
+    before = len(calls(app, sandbox, ALERT_CHAT_ID))
+    try:
+        app.check_output("systemctl stop grimbots-web.service")
+        app.run("systemctl start grimbots-health-alert.service")
+        alerts = calls(app, sandbox, ALERT_CHAT_ID)[before:]
+        assert len(alerts) == 1 and alerts[0]["text"].startswith("ALERT"), alerts
+        print(f"\nalert: {alerts[0]['text']}")
+    finally:
+        app.check_output("systemctl start grimbots-web.service")
+    wait_until(lambda: health(app, web)[0] == 200, RECOVERY_LIMIT, "the web back")
+    app.check_output("systemctl start grimbots-health-alert.service")
+    messages = calls(app, sandbox, ALERT_CHAT_ID)[before:]
+    assert [m["text"].split()[0] for m in messages] == ["ALERT", "RECOVERED"], messages
+    app.check_output("systemctl start grimbots-health-alert.timer")
+    assert app.check_output("systemctl is-active grimbots-health-alert.timer") == "active"
+
+
+@pytest.mark.parametrize(
+    "unit",
+    [
+        "grimbots-web.service",
+        "rq-worker@tasks-1.service",
+        "grimbots-sandbox@telegram.service",
+        "grimbots-health-alert.service",
+    ],
+)
+def test_units_are_hardened(app, unit):
+    out = app.check_output(f"systemd-analyze security --no-pager {unit}")
+    last = out.splitlines()[-1]  # "→ Overall exposure level for UNIT: 1.9 OK :-)"
+    score = float(last.split(":", 1)[1].split()[0])
+    measure(f"exposure[{unit}]", score)
+    assert score <= 2.5, last
+
+
+def test_fleet_scales_down_to_a_new_size(app):
+    """Re-run the role with fewer workers: the surplus instances stop and leave the fleet."""
+    smaller = {"tasks": 3, "gateway": 2, "webhook": 2}
+    inventory = Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent
+    env = dict(os.environ, ANSIBLE_ROLES_PATH=str(PROJECT / "roles"))
+    started = time.monotonic()
+    run = subprocess.run(
+        [
+            "ansible-playbook",
+            "-i",
+            str(inventory),
+            str(SCENARIO / "converge.yml"),
+            "--limit",
+            "app",
+            "--tags",
+            "grimbots_configure,grimbots_run",
+            "-e",
+            json.dumps({"grimbots_rq_workers": smaller}),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    measure("scale_down_run_seconds", round(time.monotonic() - started, 1))
+    assert per_queue(active_instances(app)) == smaller
+    wants = app.check_output("systemctl show -p Wants --value grimbots.target").split()
+    assert sorted(w for w in wants if w.startswith("rq-worker@")) == sorted(
+        f"rq-worker@{q}-{i}.service" for q, n in smaller.items() for i in range(1, n + 1)
+    )
+    assert app.check_output("systemctl is-active rq-worker@tasks-5.service || true") == "inactive"
