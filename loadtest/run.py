@@ -1,0 +1,273 @@
+"""Run the load-test stages against a GrimBots front door, gate each one, print a summary.
+
+Stages (the seed's progression, then what it cannot offer by itself):
+  ramp-10 .. ramp-200  users with 1-3 s think time (the seed's model)
+  throughput           a fixed offered rate (default 1,000 requests/s)
+  retry                a share of updates re-sent the way Telegram retries
+With --chaos, the throughput stage also SIGKILLs a random RQ worker every few seconds and
+restarts gunicorn once (through Ansible, on the inventory's app hosts).
+
+Each stage must keep the fail ratio under --max-fail-ratio and P95 under --max-p95-ms; the
+throughput stage must also really offer 90 % of its target rate, or its figures mean
+nothing. HTML and CSV reports per stage go to --reports. Exit code 1 if any gate is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+@dataclass
+class Stage:
+    name: str
+    users: int
+    seconds: int
+    user_rate: float | None = None  # requests/s per user; None: think time 1-3 s
+    retry_share: float = 0.0
+    offered_rate: float | None = None
+
+
+@dataclass
+class Result:
+    stage: Stage
+    requests: int
+    failures: int
+    rps: float
+    p50: float
+    p95: float
+    p99: float
+    errors: list[str]
+    gates_missed: list[str]
+
+    @property
+    def fail_ratio(self) -> float:
+        return self.failures / self.requests if self.requests else 1.0
+
+
+def plan(args: argparse.Namespace) -> list[Stage]:
+    stages = [Stage(f"ramp-{users}", users, args.stage_seconds) for users in args.ramp]
+    # Fixed offered rate: enough users that each sends at most 10 requests/s.
+    users = max(1, round(args.rate / 10))
+    stages.append(Stage("throughput", users, args.stage_seconds, args.rate / users, 0.0, args.rate))
+    retry_users = max(1, round(args.retry_rate / 10))
+    stages.append(
+        Stage(
+            "retry",
+            retry_users,
+            args.stage_seconds,
+            args.retry_rate / retry_users,
+            args.retry_share,
+            args.retry_rate,
+        )
+    )
+    return stages
+
+
+def run_stage(stage: Stage, args: argparse.Namespace) -> Result:
+    prefix = args.reports / stage.name
+    env = dict(
+        os.environ,
+        LOADTEST_BOTS=str(args.bots),
+        LOADTEST_SENT_LOG=str(args.reports / "sent.jsonl"),
+        LOADTEST_RETRY_SHARE=str(stage.retry_share),
+    )
+    if stage.user_rate:
+        env["LOADTEST_USER_RATE"] = f"{stage.user_rate:.4f}"
+    command = [
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(HERE / "locustfile.py"),
+        "--headless",
+        "--host",
+        args.host,
+        "-u",
+        str(stage.users),
+        "-r",
+        str(max(1, stage.users // 2)),
+        "-t",
+        f"{stage.seconds}s",
+        "--stop-timeout",
+        "5",
+        "--csv",
+        str(prefix),
+        "--html",
+        f"{prefix}.html",
+        "--only-summary",
+        "--loglevel",
+        "WARNING",
+        "--exit-code-on-error",
+        "0",
+    ]
+    print(
+        f"--> {stage.name}: {stage.users} users, {stage.seconds}s"
+        + (f", offered {stage.offered_rate:.0f} req/s" if stage.offered_rate else "")
+        + (f", retry share {stage.retry_share:.0%}" if stage.retry_share else ""),
+        flush=True,
+    )
+    chaos = Chaos(args) if args.chaos and stage.name == "throughput" else None
+    if chaos:
+        chaos.start()
+    subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL)
+    if chaos:
+        chaos.stop()
+    return read_result(stage, prefix, args, chaos)
+
+
+def read_result(stage: Stage, prefix: Path, args, chaos: Chaos | None) -> Result:
+    with open(f"{prefix}_stats.csv") as f:
+        row = next(r for r in csv.DictReader(f) if r["Name"] == "Aggregated")
+    with open(f"{prefix}_failures.csv") as f:
+        errors = [
+            f"{r['Occurrences']}x {r['Method']} {r['Name']}: {r['Error']}"
+            for r in csv.DictReader(f)
+        ]
+    result = Result(
+        stage,
+        int(row["Request Count"]),
+        int(row["Failure Count"]),
+        float(row["Requests/s"]),
+        float(row["50%"]),
+        float(row["95%"]),
+        float(row["99%"]),
+        errors + (chaos.log if chaos else []),
+        [],
+    )
+    if result.fail_ratio >= args.max_fail_ratio:
+        result.gates_missed.append(
+            f"fail ratio {result.fail_ratio:.2%} >= {args.max_fail_ratio:.0%}"
+        )
+    if result.p95 >= args.max_p95_ms:
+        result.gates_missed.append(f"P95 {result.p95:.0f} ms >= {args.max_p95_ms} ms")
+    if stage.offered_rate and stage.retry_share == 0 and result.rps < 0.9 * stage.offered_rate:
+        result.gates_missed.append(
+            f"offered only {result.rps:.0f} of {stage.offered_rate:.0f} req/s"
+        )
+    return result
+
+
+class Chaos:
+    """Kill a random RQ worker every few seconds and restart gunicorn once, mid-stage."""
+
+    KILL_WORKER = (
+        "unit=$(systemctl list-units 'rq-worker@*' --state=running --plain --no-legend"
+        ' | awk \'{print $1}\' | shuf -n 1); systemctl kill -s KILL "$unit"; echo "$unit"'
+    )
+
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.log: list[str] = []
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self.loop, daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.done.set()
+        self.thread.join()
+
+    def on_app_hosts(self, shell: str) -> str:
+        out = subprocess.run(
+            [
+                "ansible",
+                self.args.chaos_hosts,
+                "-i",
+                self.args.inventory,
+                "-o",
+                "-m",
+                "ansible.builtin.shell",
+                "-a",
+                shell,
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        return out.stdout.strip().replace("\n", " | ")
+
+    def loop(self) -> None:
+        restarted = False
+        start = time.monotonic()
+        while not self.done.wait(self.args.chaos_every * random.uniform(0.7, 1.3)):
+            elapsed = time.monotonic() - start
+            if not restarted and elapsed > self.args.stage_seconds / 2:
+                self.log.append(
+                    f"chaos t={elapsed:.0f}s restart gunicorn: "
+                    + self.on_app_hosts("systemctl restart grimbots-web")
+                )
+                restarted = True
+            else:
+                self.log.append(
+                    f"chaos t={elapsed:.0f}s kill -9 worker: " + self.on_app_hosts(self.KILL_WORKER)
+                )
+
+
+def summary(results: list[Result]) -> str:
+    lines = [
+        f"{'stage':<12} {'users':>5} {'req/s':>8} {'P50 ms':>7} {'P95 ms':>7} {'P99 ms':>7}"
+        f" {'requests':>9} {'fail %':>7}  gate",
+    ]
+    for r in results:
+        lines.append(
+            f"{r.stage.name:<12} {r.stage.users:>5} {r.rps:>8.1f} {r.p50:>7.0f} {r.p95:>7.0f}"
+            f" {r.p99:>7.0f} {r.requests:>9} {r.fail_ratio:>7.2%}  "
+            + ("ok" if not r.gates_missed else "MISSED: " + "; ".join(r.gates_missed))
+        )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="http://127.0.0.1:8000")
+    parser.add_argument("--bots", type=Path, required=True, help="JSON list of bots")
+    parser.add_argument("--reports", type=Path, default=Path("reports/loadtest"))
+    parser.add_argument("--ramp", type=int, nargs="*", default=[10, 50, 100, 200])
+    parser.add_argument("--stage-seconds", type=int, default=60)
+    parser.add_argument("--rate", type=float, default=1000.0, help="throughput stage req/s")
+    parser.add_argument("--retry-rate", type=float, default=200.0)
+    parser.add_argument("--retry-share", type=float, default=0.3)
+    parser.add_argument("--max-fail-ratio", type=float, default=0.01)
+    parser.add_argument("--max-p95-ms", type=float, default=300.0)
+    parser.add_argument("--chaos", action="store_true")
+    parser.add_argument("--chaos-every", type=float, default=5.0)
+    parser.add_argument("--chaos-hosts", default="app")
+    parser.add_argument("--inventory", default="inventories/lab")
+    args = parser.parse_args()
+
+    if not args.host.startswith(("http://127.", "http://localhost")):
+        parser.error("load tests only target this machine (127.0.0.0/8 or localhost)")
+    args.reports.mkdir(parents=True, exist_ok=True)
+    (args.reports / "sent.jsonl").unlink(missing_ok=True)
+
+    results = []
+    for stage in plan(args):
+        result = run_stage(stage, args)
+        results.append(result)
+        for error in result.errors:
+            print(f"    {error}")
+    table = summary(results)
+    (args.reports / "summary.txt").write_text(table + "\n")
+    print("\n" + table)
+    missed = [r.stage.name for r in results if r.gates_missed]
+    if missed:
+        print(f"\nloadtest FAILED: gates missed in {', '.join(missed)}")
+        return 1
+    print(f"\nloadtest passed: every gate met; reports in {args.reports}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
