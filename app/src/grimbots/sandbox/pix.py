@@ -51,7 +51,6 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -60,6 +59,7 @@ import orjson
 
 from grimbots.pix.brcode import build_br_code
 from grimbots.pix.notifications import SIGNATURE_HEADER, sign
+from grimbots.sandbox.http import JsonHandler, StandInServer
 
 _TXID = re.compile(r"[a-zA-Z0-9]{26,35}")
 _VALOR = re.compile(r"\d{1,10}\.\d{2}")
@@ -177,36 +177,22 @@ def cob_view(charge: dict[str, Any]) -> dict[str, Any]:
     return view
 
 
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive, like a real PSP
-    # Headers and body leave in two writes; with Nagle on, a keep-alive client waits for
-    # the delayed ACK (40 ms) on every call.
-    disable_nagle_algorithm = True
+class Handler(JsonHandler):
     server: PixSandboxServer
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # quiet: tests read /_sandbox/calls instead
 
     @property
     def state(self) -> PixSandboxState:
         return self.server.state
 
     def _send(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
-        data = orjson.dumps(body)
-        self.send_response(status)
+        # API Pix answers errors as RFC 7807 problem documents.
         problem = status >= 400 and isinstance(body, dict) and "type" in body
-        self.send_header(
-            "Content-Type", "application/problem+json" if problem else "application/json"
+        super()._send(
+            status,
+            body,
+            headers,
+            "application/problem+json" if problem else "application/json",
         )
-        self.send_header("Content-Length", str(len(data)))
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(data)
-
-    def _body(self) -> bytes:
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length else b""
 
     def _json(self) -> Any:
         try:
@@ -541,11 +527,7 @@ def pay(server: PixSandboxServer, spec: dict[str, Any]) -> tuple[int, dict[str, 
     return 200, answer
 
 
-class PixSandboxServer(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 256
-    allow_reuse_address = True
-
+class PixSandboxServer(StandInServer):
     def __init__(self, address: tuple[str, int], config: PixSandboxConfig | None = None):
         self.state = PixSandboxState(config or PixSandboxConfig())
         self._http: httpx.Client | None = None

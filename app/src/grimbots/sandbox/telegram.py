@@ -18,11 +18,12 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
+
+from grimbots.sandbox.http import JsonHandler, StandInServer
 
 METHODS = {"sendMessage", "answerCallbackQuery", "setWebhook", "getMe", "deleteWebhook"}
 
@@ -124,27 +125,8 @@ def _result(method: str, bot_id: int | None, params: dict[str, Any], message_id:
     return True
 
 
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive, like the real API
-    # Headers and body leave in two writes; with Nagle on, a keep-alive client waits for
-    # the delayed ACK (40 ms) on every call.
-    disable_nagle_algorithm = True
+class Handler(JsonHandler):
     server: SandboxServer
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # quiet: tests read /_sandbox/calls instead
-
-    def _send(self, status: int, body: Any) -> None:
-        data = orjson.dumps(body)
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def _body(self) -> bytes:
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length else b""
 
     def do_GET(self) -> None:
         url = urlsplit(self.path)
@@ -227,11 +209,7 @@ class Handler(BaseHTTPRequestHandler):
         self._send(200, {"ok": True, "result": _result(method, bot_id, params, message_id)})
 
 
-class SandboxServer(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 256
-    allow_reuse_address = True
-
+class SandboxServer(StandInServer):
     def __init__(self, address: tuple[str, int]):
         self.state = SandboxState()
         super().__init__(address, Handler)
