@@ -405,3 +405,26 @@ def start_web(env, tmp_path):
     yield start
     for proc in started:
         proc.stop()
+
+
+@pytest.fixture
+def webhook(settings, bot):
+    """post(update) through the production WSGI stack, in-process."""
+    from grimbots.web import create_app, ingest_of
+    from grimbots.web.fast_webhook import FastWebhook
+    from werkzeug.test import Client
+
+    flask_app = create_app(settings)
+    client = Client(FastWebhook(flask_app, ingest_of(flask_app)))
+
+    def post(update: dict) -> int:
+        import orjson
+
+        return client.post(
+            f"/webhook/telegram/{bot.id}",
+            data=orjson.dumps(update),
+            headers={"X-Telegram-Bot-Api-Secret-Token": bot.secret},
+            content_type="application/json",
+        ).status_code
+
+    return post

@@ -8,10 +8,10 @@ import subprocess
 
 import httpx
 import orjson
-from grimbots.models import Payment
+from grimbots.models import OutboxMessage, Payment
 from grimbots.queues import ALL_QUEUES
 from payment_support import PIX_PATH, sent_texts
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from support import GRIMBOTS, buy_callback, post_update, start_message, wait_for
 
 
@@ -61,6 +61,38 @@ def test_audit_passes_on_a_real_flow_and_catches_a_duplicate_delivery(
     assert len(sent_texts(telegram, user, "access=")) == 2
     assert grimbots(env, *audit).returncode == 0
 
+    # A worker killed during the call leaves its row in `sending`: delivered if the call
+    # arrived, lost if it never left.
+    with services.db.session() as session:
+        welcome = session.scalar(
+            select(OutboxMessage).where(
+                OutboxMessage.chat_id == user, OutboxMessage.kind == "welcome"
+            )
+        )
+        welcome.status = "sending"
+        lead_id = welcome.lead_id
+    result = grimbots(env, *audit)
+    assert result.returncode == 0, result.stdout
+    assert re.search(r"messages interrupted by a killed worker +1\n", result.stdout)
+    assert re.search(r"of which reached the stand-in +1\n", result.stdout)
+    with services.db.session() as session:
+        session.add(
+            OutboxMessage(
+                idempotency_key=f"pix:never-left:{user}",
+                bot_id=bot.id,
+                lead_id=lead_id,
+                chat_id=user,
+                kind="lost",
+                method="sendMessage",
+                payload=orjson.dumps({"chat_id": user, "text": "never left"}).decode(),
+                status="sending",
+            )
+        )
+    result = grimbots(env, *audit)
+    assert result.returncode == 1 and "interrupted, stand-in received) differ" in result.stdout
+    with services.db.session() as session:
+        session.execute(delete(OutboxMessage).where(OutboxMessage.kind == "lost"))
+
     # A delivery message that reaches Telegram once more than the outbox sent it (what a
     # blind retry of a timed-out send would do) must fail the audit.
     (delivered,) = [
@@ -82,7 +114,7 @@ def test_reconcile_command_queues_once_per_period(env, redis_client):
     assert redis_client.lrange("rq:queue:gateway", 0, -1) == [first["job_id"].encode()]
     inline = grimbots(env, "reconcile", "--inline")
     assert inline.returncode == 0, inline.stderr
-    assert orjson.loads(inline.stdout) == {"events requeued": 0}
+    assert orjson.loads(inline.stdout) == {"abandoned jobs": 0, "events requeued": 0}
 
 
 def test_sandbox_pix_command_serves_api_pix(env):

@@ -7,7 +7,13 @@ import time
 import orjson
 import pytest
 from grimbots.models import Lead, OutboxMessage
-from grimbots.queues import TASKS, update_job_id
+from grimbots.queues import (
+    JOB_TIMEOUT_SECONDS,
+    TASKS,
+    UPDATE_RETRY,
+    sweep_abandoned,
+    update_job_id,
+)
 from rq import Queue
 from rq.job import Job
 from sqlalchemy import select
@@ -107,3 +113,28 @@ def test_worker_killed_mid_send_then_rerun_sends_once(
     time.sleep(0.5)
     assert len(telegram.calls("sendMessage", chat_id=805)) == 1
     assert outbox_row(services, 805).status == "sending"  # outcome unknown: left alone
+
+
+def test_update_abandoned_by_a_killed_worker_is_run_again(
+    webhook, bot, telegram, start_worker, services
+):
+    """The webhook's job carries retries, so RQ re-runs it after its worker died."""
+    telegram.faults(slow={"delay": 3, "count": 1})
+    worker = start_worker(TASKS)
+    assert webhook(start_message(6, user_id=806)) == 200
+    job_id = update_job_id(bot.id, 6)
+    wait_for(lambda: telegram.calls("sendMessage", chat_id=806), message="call in flight")
+    worker.kill()
+    job = Job.fetch(job_id, connection=services.redis.raw)
+    assert job.get_status() == "started" and job.retries_left == UPDATE_RETRY.max
+
+    # As the periodic reconcile does once the job's heartbeat has expired.
+    assert sweep_abandoned(services.redis.raw, now=time.time() + JOB_TIMEOUT_SECONDS + 61) == 1
+    job = Job.fetch(job_id, connection=services.redis.raw)
+    assert job.retries_left == UPDATE_RETRY.max - 1
+    start_worker(TASKS)
+    wait_for(lambda: finished(services, job_id), timeout=30, message="re-run finished")
+    assert job.get_status() == "finished"
+    # The reply's outcome was unknown (killed mid-call), so the re-run did not send again.
+    assert len(telegram.calls("sendMessage", chat_id=806)) == 1
+    assert outbox_row(services, 806).status == "sending"

@@ -5,34 +5,11 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-import pytest
 from grimbots.jobs.updates import charge_job_id
 from grimbots.models import InboundUpdate, Lead, OutboxMessage
 from grimbots.queues import GATEWAY, TASKS, update_job_id
-from grimbots.web import create_app, ingest_of
-from grimbots.web.fast_webhook import FastWebhook
 from rq import Queue
 from support import buy_callback, count, post_update, start_message, wait_for
-from werkzeug.test import Client
-
-
-@pytest.fixture
-def webhook(settings, bot):
-    """post(update) through the production WSGI stack, in-process."""
-    flask_app = create_app(settings)
-    client = Client(FastWebhook(flask_app, ingest_of(flask_app)))
-
-    def post(update: dict) -> int:
-        import orjson
-
-        return client.post(
-            f"/webhook/telegram/{bot.id}",
-            data=orjson.dumps(update),
-            headers={"X-Telegram-Bot-Api-Secret-Token": bot.secret},
-            content_type="application/json",
-        ).status_code
-
-    return post
 
 
 def test_start_sends_welcome_with_offer_buttons(webhook, bot, telegram, start_worker, services):

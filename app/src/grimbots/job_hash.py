@@ -17,7 +17,12 @@ from datetime import UTC, datetime
 from redis import Redis
 from rq.job import Job, JobStatus
 
-from grimbots.queues import FAILURE_TTL_SECONDS, JOB_TIMEOUT_SECONDS, RESULT_TTL_SECONDS
+from grimbots.queues import (
+    FAILURE_TTL_SECONDS,
+    JOB_TIMEOUT_SECONDS,
+    RESULT_TTL_SECONDS,
+    UPDATE_RETRY,
+)
 
 PER_JOB_FIELDS = ("created_at", "enqueued_at", "data", "description")
 
@@ -50,6 +55,10 @@ class JobHashBuilder:
             result_ttl=RESULT_TTL_SECONDS,
             failure_ttl=FAILURE_TTL_SECONDS,
         )
+        # A job whose worker was SIGKILLed is "abandoned"; RQ re-runs it only if it has
+        # retries left (StartedJobRegistry.cleanup), and re-running an update is safe.
+        job.retries_left = UPDATE_RETRY.max
+        job.retry_intervals = UPDATE_RETRY.intervals
         job._status = JobStatus.QUEUED  # what Queue._prepare_for_queue sets
         return job
 

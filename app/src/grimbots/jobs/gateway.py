@@ -29,7 +29,7 @@ from grimbots.jobs.webhook import enqueue_event, settle
 from grimbots.logs import event
 from grimbots.models import Lead, Offer, Payment
 from grimbots.pix import ATIVA, ChargeStatus
-from grimbots.queues import GATEWAY, WEBHOOK, get_queue
+from grimbots.queues import GATEWAY, WEBHOOK, get_queue, sweep_abandoned
 from grimbots.services import Services, get_services
 
 log = logging.getLogger(__name__)
@@ -221,10 +221,11 @@ def reconcile_pending() -> dict[str, int]:
 
 
 def reconcile(services: Services) -> dict[str, int]:
-    """Ask the PSP about charges pending for a while; settle each. Returns counts."""
-    counts: dict[str, int] = {}
+    """Re-queue abandoned jobs, then ask the PSP about charges pending for a while and
+    settle each. Returns counts."""
+    counts = {"abandoned jobs": sweep_abandoned(services.redis.raw)}
     if services.pix is None:
-        event(log, logging.WARNING, "reconcile: no PSP configured, nothing to do")
+        event(log, logging.INFO, "reconcile: no PSP configured, swept abandoned jobs", **counts)
         return counts
     older_than = timedelta(seconds=services.settings.pix.reconcile_after_seconds)
     for payment_id in payments.due_for_reconciliation(services.db, older_than, RECONCILE_BATCH):
