@@ -12,6 +12,23 @@ def grimbots(env, *args) -> subprocess.CompletedProcess:
     return subprocess.run([GRIMBOTS, *args], env=env, capture_output=True, text=True, timeout=60)
 
 
+def test_bots_seed_creates_missing_bots_once_and_lists_their_secrets(env):
+    first = grimbots(env, "bots", "seed", "--count", "3", "--name-prefix", "lt")
+    assert first.returncode == 0, first.stderr
+    seeded = orjson.loads(first.stdout)
+    assert seeded["created"] == 6  # three bots and one offer each
+    assert [b["name"] for b in seeded["bots"]] == ["lt-001", "lt-002", "lt-003"]
+    assert all(len(b["secret"]) >= 32 and len(b["offers"]) == 1 for b in seeded["bots"])
+
+    more = orjson.loads(grimbots(env, "bots", "seed", "--count", "4", "--name-prefix", "lt").stdout)
+    assert more["created"] == 2 and more["bots"][:3] == seeded["bots"]
+    again = orjson.loads(
+        grimbots(env, "bots", "seed", "--count", "4", "--name-prefix", "lt").stdout
+    )
+    assert again == {**more, "created": 0}
+    assert grimbots(env, "bots", "seed", "--count", "0").returncode == 2
+
+
 def test_bots_and_offers_add_are_idempotent(env):
     add = ("bots", "add", "--name", "shop", "--token", "123:ABC", "--welcome", "Oi")
     first, second = grimbots(env, *add), grimbots(env, *add)

@@ -8,6 +8,9 @@ answered 200:
 - it produced exactly one reply (one outbox row per reply, in status `sent`);
 - the stand-in received exactly as many sendMessage calls per chat as the outbox sent to
   that chat, and exactly one answerCallbackQuery per callback query;
+- a row left in `sending` (its worker was killed during the call: the outcome is unknown
+  to the app, which never re-sends it) is settled against the stand-in: it counts as
+  delivered if the call arrived, and as lost if it did not;
 and that nothing was processed that was never sent. The payment side (when a PSP is
 configured; it reads the PSP stand-in's records) checks that:
 - no lead has two pending charges for one offer, and every charge at the PSP is one of our
@@ -76,6 +79,8 @@ def backlog(services: Services) -> dict[str, int]:
         left[f"{name} queued"] = queue.count
         left[f"{name} running"] = StartedJobRegistry(queue=queue).count
         left[f"{name} scheduled"] = ScheduledJobRegistry(queue=queue).count
+        # Dequeued but not started: normally for microseconds; longer if its worker died.
+        left[f"{name} dequeued"] = len(queue.intermediate_queue.get_job_ids())
     with services.db.session() as session:
         pending = session.scalars(
             select(OutboxMessage.id).where(OutboxMessage.status == "pending")
@@ -87,7 +92,18 @@ def backlog(services: Services) -> dict[str, int]:
         )
     left["outbox pending"] = len(pending)
     left["payment events unprocessed"] = unprocessed
+    if services.pix is not None:
+        # A callback refused (say during a restart) is settled by the periodic reconcile.
+        left["paid at the PSP, pending here"] = len(paid_at_psp_pending_here(services))
     return left
+
+
+def paid_at_psp_pending_here(services: Services) -> list[str]:
+    psp = services.settings.pix.base_url.rstrip("/")
+    paid = {c["txid"] for c in _get(f"{psp}/_sandbox/charges?status=CONCLUIDA", "charges")}
+    with services.db.session() as session:
+        pending = session.scalars(select(Payment.txid).where(Payment.status == "pending"))
+        return sorted(txid for txid in pending if txid in paid)
 
 
 def wait_until_drained(services: Services, timeout: float) -> dict[str, int]:
@@ -148,10 +164,13 @@ def audit(services: Services, sent: list[dict[str, Any]], drain_timeout: float) 
     # Outbox keys are tg:<bot>:<chat>:<update>:<kind> (grimbots.outbox.idempotency_key).
     replies: dict[tuple[int, int], list[tuple[str, str]]] = defaultdict(list)
     sent_per_chat: Counter[int] = Counter()
+    interrupted_per_chat: Counter[int] = Counter()
     # Payment messages (PIX code, access link: keys pix:...) count per chat too.
     for key, chat_id, method, status in outbox:
         if method == "sendMessage" and status == "sent":
             sent_per_chat[chat_id] += 1
+        elif method == "sendMessage" and status == "sending":
+            interrupted_per_chat[chat_id] += 1
         if not key.startswith("tg:"):
             continue
         _, bot, _chat, update, _kind = key.split(":", 4)
@@ -187,12 +206,19 @@ def audit(services: Services, sent: list[dict[str, Any]], drain_timeout: float) 
             no_reply.append(key)
         elif n > 1:
             many_replies.append(key)
-        if any(status != "sent" for _, status in replies.get(key, [])):
+        if any(status not in ("sent", "sending") for _, status in replies.get(key, [])):
             unsent.append(key)
+    # Per chat the stand-in must hold every `sent` row and every interrupted one: fewer
+    # calls means a message was lost, more means one was duplicated.
     chat_mismatch = sorted(
-        (chat, sent_per_chat[chat], calls_per_chat[chat])
-        for chat in chats | set(calls_per_chat)
-        if chat in chats and sent_per_chat[chat] != calls_per_chat[chat]
+        (chat, sent_per_chat[chat], interrupted_per_chat[chat], calls_per_chat[chat])
+        for chat in chats
+        if calls_per_chat[chat] != sent_per_chat[chat] + interrupted_per_chat[chat]
+    )
+    interrupted = sum(interrupted_per_chat[chat] for chat in chats)
+    interrupted_arrived = sum(
+        min(max(calls_per_chat[chat] - sent_per_chat[chat], 0), interrupted_per_chat[chat])
+        for chat in chats
     )
     callbacks = [s for s in accepted.values() if s["kind"] == "buy"]
     callback_wrong = sorted(
@@ -215,6 +241,8 @@ def audit(services: Services, sent: list[dict[str, Any]], drain_timeout: float) 
         "processed twice": len(twice),
         "updates without their reply": len(no_reply),
         "updates with more than one reply": len(many_replies),
+        "messages interrupted by a killed worker": interrupted,
+        "of which reached the stand-in": interrupted_arrived,
         "chats whose message count differs at the stand-in": len(chat_mismatch),
     }
     for label, items in (
@@ -224,7 +252,7 @@ def audit(services: Services, sent: list[dict[str, Any]], drain_timeout: float) 
         ("no reply in the outbox", no_reply),
         ("more than one reply in the outbox", many_replies),
         ("outbox rows not in status sent", unsent),
-        ("chat (outbox sent, stand-in received) differ", chat_mismatch),
+        ("chat (outbox sent, interrupted, stand-in received) differ", chat_mismatch),
         ("callback queries not answered exactly once", callback_wrong),
     ):
         if items:
@@ -298,11 +326,13 @@ def audit_payments(
     texts = [c.get("text") or "" for c in calls if c.get("method") == "sendMessage"]
     wrong_messages = []
     for d in deliveries:
-        expected = (1 if d.status == "sent" else 0) + resends[d.id]
+        expected = (1 if d.status in ("sent", "sending") else 0) + resends[d.id]
         received = sum(1 for text in texts if f"access={d.access_token}" in text)
-        if d.status != "sent" or received != expected:
+        # `sending`: killed mid-call, so it is delivered only if the call arrived.
+        if d.status not in ("sent", "sending") or received != expected:
             wrong_messages.append((str(d.payment_id), d.status, expected, received))
 
+    unsettled = paid_at_psp_pending_here(services)
     report.counts.update(
         {
             "charges (payments)": len(rows),
@@ -323,6 +353,7 @@ def audit_payments(
         ("charges at the PSP that are none of our payments", foreign_charges),
         ("payments with a PIX code but no charge at the PSP", missing_charges),
         ("PSP callbacks answered 200 but not recorded", lost_notices),
+        ("charges paid at the PSP whose payment is still pending", unsettled),
         ("paid payments not won by exactly one event (revenue)", revenue_wrong),
         ("payments won by an event but not paid", won_unpaid),
         ("paid payments without exactly one delivery", undelivered),

@@ -112,6 +112,59 @@ def bots_list() -> None:
     _print_json([{"id": r.id, "name": r.name, "welcome_text": r.welcome_text} for r in rows])
 
 
+@bots.command("seed")
+@click.option("--count", required=True, type=click.IntRange(min=1, max=10_000))
+@click.option("--name-prefix", default="load", show_default=True)
+@click.option("--price-cents", default=990, show_default=True, type=click.IntRange(min=1))
+def bots_seed(count: int, name_prefix: str, price_cents: int) -> None:
+    """Make sure bots PREFIX-001..PREFIX-COUNT exist, each with one offer (load tests, lab).
+
+    Idempotent: existing bots and offers are kept as they are. Prints
+    {"created": N, "bots": [{"id", "name", "secret", "offers": [id]}]}: the load
+    generator's bots file, so it holds webhook secrets.
+    """
+    from grimbots.models import Bot, Offer
+
+    width = max(3, len(str(count)))
+    names = [f"{name_prefix}-{i:0{width}d}" for i in range(1, count + 1)]
+    services = _services()
+    created = 0
+    with services.db.session() as session:
+        existing = {b.name: b for b in session.scalars(select(Bot).where(Bot.name.in_(names)))}
+        for index, name in enumerate(names, start=1):
+            if name not in existing:
+                # Shaped like a Bot API token; only a stand-in accepts it.
+                token = f"{900_000_000 + index}:{name}-token-for-the-stand-in"
+                bot = Bot(name=name, token=token, webhook_secret=secrets.token_urlsafe(32))
+                session.add(bot)
+                existing[name] = bot
+                created += 1
+        session.flush()
+        bots = [existing[name] for name in names]
+        offers_by_bot: dict[int, list[int]] = {b.id: [] for b in bots}
+        for bot_id, offer_id in session.execute(
+            select(Offer.bot_id, Offer.id).where(Offer.bot_id.in_(offers_by_bot)).order_by(Offer.id)
+        ):
+            offers_by_bot[bot_id].append(offer_id)
+        for bot in bots:
+            if not offers_by_bot[bot.id]:
+                offer = Offer(
+                    bot_id=bot.id,
+                    name=f"{bot.name} course",
+                    price_cents=price_cents,
+                    access_link=f"https://example.invalid/{bot.name}",
+                )
+                session.add(offer)
+                session.flush()
+                offers_by_bot[bot.id].append(offer.id)
+                created += 1
+        result = [
+            {"id": b.id, "name": b.name, "secret": b.webhook_secret, "offers": offers_by_bot[b.id]}
+            for b in bots
+        ]
+    _print_json({"created": created, "bots": result})
+
+
 @main.group()
 def offers() -> None:
     """Offers a bot sells."""
