@@ -79,3 +79,26 @@ restart: ## Restart the app and the worker fleet, host by host [INVENTORY=...]
 logs: ## Journal of one host's stack units: make logs HOST=grimbots-lab-app1 [LINES=100]
 	@test -n "$(HOST)" || { echo "usage: make logs HOST=<inventory host> [LINES=100] [INVENTORY=...]" >&2; exit 2; }
 	@$(PLAYBOOK) playbooks/logs.yml --limit '$(HOST)' -e lines=$(LINES)
+
+## ---- load tests (issue 6) ---------------------------------------------------------
+# Against the lab by default: the front door and the PSP stand-in as published on
+# 127.0.0.1, the bots `make lab` seeded (.lab/bots.json). Reports in reports/loadtest/.
+LOADTEST_HOST ?= http://127.0.0.1:8000
+LOADTEST_PSP ?= http://127.0.0.1:8082
+LOADTEST_BOTS ?= .lab/bots.json
+LOADTEST_REPORTS ?= reports/loadtest
+LOADTEST_ARGS ?=
+LOADTEST = $(BIN)/python loadtest/run.py --host $(LOADTEST_HOST) --psp $(LOADTEST_PSP) \
+	--bots $(LOADTEST_BOTS) --inventory $(INVENTORY) --reports $(LOADTEST_REPORTS)
+
+.PHONY: loadtest chaos audit
+loadtest: ## Staged load test (10-200 users, 1,000 req/s, retries), gates, then the audit
+	@test -s $(LOADTEST_BOTS) || { echo "no $(LOADTEST_BOTS): run make lab first" >&2; exit 2; }
+	@$(LOADTEST) $(LOADTEST_ARGS)
+
+chaos: ## The load test with a worker SIGKILLed every 5 s and gunicorn restarted once
+	@test -s $(LOADTEST_BOTS) || { echo "no $(LOADTEST_BOTS): run make lab first" >&2; exit 2; }
+	@$(LOADTEST) --chaos --reports $(LOADTEST_REPORTS)-chaos $(LOADTEST_ARGS)
+
+audit: ## Audit the last load test (reports/loadtest/sent.jsonl): 0 lost, 0 duplicated?
+	@$(PLAYBOOK) playbooks/loadtest-audit.yml -e loadtest_sent=$(CURDIR)/$(LOADTEST_REPORTS)/sent.jsonl

@@ -1,10 +1,14 @@
 """The seed's load mix against GrimBots' front door, plus what real traffic adds.
 
 Each simulated user is one Telegram user chatting with one bot (picked at random from the
-bots the lab seeded). Weights: /health 10, /start 50, free text 30, "buy" callbacks 20.
+bots the lab seeded). Weights: /health 10, /start 50, free text 30, "buy" callbacks 20, and
+PSP paid notifications 10: the PSP stand-in is asked to pay a charge the app created (one
+that is still open) and calls the app's PIX webhook like a PSP would; the request returns
+once the app answered that callback, so its time and status are the callback's.
 Every update carries a fresh update_id, except in the retry stage (LOADTEST_RETRY_SHARE > 0),
 where that share of requests re-sends an earlier update byte for byte, the way Telegram
-retries. Every update sent is logged (LOADTEST_SENT_LOG, one JSON line each) so the audit
+retries, and that share of payments has its notification delivered twice, the way PSPs
+retry. Every update sent is logged (LOADTEST_SENT_LOG, one JSON line each) so the audit
 can reconcile what was sent with what the system did.
 
 Environment:
@@ -13,6 +17,7 @@ Environment:
   LOADTEST_RETRY_SHARE  0..1, share of requests that re-send an earlier update (default 0)
   LOADTEST_USER_RATE    requests/s per user for a fixed offered rate; unset: the seed's
                         think time of 1-3 s between requests
+  LOADTEST_PSP          the PSP stand-in's base URL (http://127.0.0.1:8082); unset: no payments
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import os
 import random
 import threading
 import time
+import urllib.request
 
 from locust import between, constant_throughput, events, task
 from locust.contrib.fasthttp import FastHttpUser
@@ -33,6 +39,7 @@ BOTS_BY_ID = {bot["id"]: bot for bot in BOTS}
 RETRY_SHARE = float(os.environ.get("LOADTEST_RETRY_SHARE", "0"))
 USER_RATE = os.environ.get("LOADTEST_USER_RATE")
 FREE_TEXT = ("Oi", "Quanto custa?", "Quero comprar", "Como funciona?", "Tem desconto?")
+PSP = os.environ.get("LOADTEST_PSP", "").rstrip("/")
 
 # Microseconds since the epoch as the first id: ids stay unique across runs and stages
 # (each run starts past every id an earlier run could have used at these rates).
@@ -42,6 +49,40 @@ _sent_lock = threading.Lock()
 _sent_log = open(os.environ.get("LOADTEST_SENT_LOG", os.devnull), "a", buffering=1)  # noqa: SIM115
 # (bot_id, update_id, chat_id, kind, body) of sent updates, for the retry stage
 _recent: list[tuple[int, int, int, str, bytes]] = []
+
+
+class OpenCharges:
+    """Charges the app created that are still open at the PSP stand-in, each handed out once.
+
+    Refilled from GET /_sandbox/charges?status=ATIVA at most once a second, outside the
+    load statistics (it is the test's bookkeeping, not traffic the app sees).
+    """
+
+    def __init__(self) -> None:
+        self.ready: list[str] = []
+        self.taken: set[str] = set()
+        self.fetched_at = 0.0
+        self.lock = threading.Lock()
+
+    def take(self) -> str | None:
+        with self.lock:
+            if not self.ready and time.monotonic() - self.fetched_at > 1.0:
+                self.fetched_at = time.monotonic()
+                with urllib.request.urlopen(
+                    f"{PSP}/_sandbox/charges?status=ATIVA", timeout=10
+                ) as r:
+                    charges = json.load(r)["charges"]
+                fresh = [c["txid"] for c in charges if c["txid"] not in self.taken]
+                random.shuffle(fresh)
+                self.ready = fresh
+            if not self.ready:
+                return None
+            txid = self.ready.pop()
+            self.taken.add(txid)
+            return txid
+
+
+_open_charges = OpenCharges()
 
 
 def record(bot_id: int, update_id: int, chat_id: int, kind: str, status: int, retry: bool) -> None:
@@ -73,7 +114,7 @@ class TelegramUser(FastHttpUser):
         self.client.get("/health", name="/health")
 
     @task(50)
-    def start(self) -> None:
+    def start_command(self) -> None:
         self.send_message("/start", "start")
 
     @task(30)
@@ -95,6 +136,28 @@ class TelegramUser(FastHttpUser):
             },
         }
         self.post_update(update_id, update, "buy")
+
+    @task(10)
+    def pay(self) -> None:
+        txid = _open_charges.take() if PSP else None
+        if txid is None:
+            self.buy()  # nothing to pay yet: buy first, so every turn sends a request
+            return
+        retry = bool(RETRY_SHARE) and random.random() < RETRY_SHARE
+        spec = {"txid": txid, "wait": True, "times": 2 if retry else 1}
+        with self.client.post(
+            f"{PSP}/_sandbox/pay",
+            json=spec,
+            name="PSP paid notification" + (" retry" if retry else ""),
+            catch_response=True,
+        ) as response:
+            results = (
+                (response.json() or {}).get("results") if response.status_code == 200 else None
+            )
+            if response.status_code == 409:
+                response.success()  # the charge expired meanwhile: nothing was paid
+            elif not results or any(status != 200 for status in results):
+                response.failure(f"PSP callback answers {results} (HTTP {response.status_code})")
 
     # ---- helpers -------------------------------------------------------------------
     def sender(self) -> dict:

@@ -6,10 +6,14 @@ Stages (the seed's progression, then what it cannot offer by itself):
   retry                a share of updates re-sent the way Telegram retries
 With --chaos, the throughput stage also SIGKILLs a random RQ worker every few seconds and
 restarts gunicorn once (through Ansible, on the inventory's app hosts).
+Then the zero-duplication audit (playbooks/loadtest-audit.yml: `grimbots audit` on the
+first app host, which waits for the queues to drain) reconciles what was sent with what
+happened.
 
 Each stage must keep the fail ratio under --max-fail-ratio and P95 under --max-p95-ms; the
 throughput stage must also really offer 90 % of its target rate, or its figures mean
-nothing. HTML and CSV reports per stage go to --reports. Exit code 1 if any gate is missed.
+nothing. HTML and CSV reports per stage go to --reports. Exit code 1 if any gate is missed
+or the audit finds a loss or a duplicate.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+AUDIT_PLAYBOOK = HERE.parent / "playbooks" / "loadtest-audit.yml"
 
 
 @dataclass
@@ -81,6 +86,7 @@ def run_stage(stage: Stage, args: argparse.Namespace) -> Result:
         LOADTEST_BOTS=str(args.bots),
         LOADTEST_SENT_LOG=str(args.reports / "sent.jsonl"),
         LOADTEST_RETRY_SHARE=str(stage.retry_share),
+        LOADTEST_PSP=args.psp or "",
     )
     if stage.user_rate:
         env["LOADTEST_USER_RATE"] = f"{stage.user_rate:.4f}"
@@ -96,7 +102,8 @@ def run_stage(stage: Stage, args: argparse.Namespace) -> Result:
         "-u",
         str(stage.users),
         "-r",
-        str(max(1, stage.users // 2)),
+        # A fixed-rate stage starts every user at once: a ramp would not offer its rate.
+        str(stage.users if stage.user_rate else max(1, stage.users // 2)),
         "-t",
         f"{stage.seconds}s",
         "--stop-timeout",
@@ -199,7 +206,8 @@ class Chaos:
         return out.stdout.strip().replace("\n", " | ")
 
     def loop(self) -> None:
-        restarted = False
+        restarted = not self.args.chaos_restart_web
+        kills = 0
         start = time.monotonic()
         while not self.done.wait(self.args.chaos_every * random.uniform(0.7, 1.3)):
             elapsed = time.monotonic() - start
@@ -209,7 +217,8 @@ class Chaos:
                     + self.on_app_hosts("systemctl restart grimbots-web")
                 )
                 restarted = True
-            else:
+            elif kills < self.args.chaos_kills:
+                kills += 1
                 self.log.append(
                     f"chaos t={elapsed:.0f}s kill -9 worker: " + self.on_app_hosts(self.KILL_WORKER)
                 )
@@ -229,10 +238,34 @@ def summary(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
+def run_audit(args: argparse.Namespace) -> bool:
+    """The audit on the first app host; its report is printed and kept in the reports."""
+    print("\n--> audit: waiting for the queues to drain, then reconciling", flush=True)
+    started = time.monotonic()
+    out = subprocess.run(
+        [
+            "ansible-playbook",
+            "-i",
+            args.inventory,
+            str(AUDIT_PLAYBOOK),
+            "-e",
+            f"loadtest_sent={(args.reports / 'sent.jsonl').resolve()}",
+            "-e",
+            f"loadtest_report={(args.reports / 'audit.txt').resolve()}",
+            "-e",
+            f"loadtest_drain_timeout={args.drain_timeout}",
+        ],
+        check=False,
+    )
+    print(f"    audit took {time.monotonic() - started:.0f}s (including the drain)")
+    return out.returncode == 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="http://127.0.0.1:8000")
     parser.add_argument("--bots", type=Path, required=True, help="JSON list of bots")
+    parser.add_argument("--psp", default=None, help="PSP stand-in URL; unset: no payments")
     parser.add_argument("--reports", type=Path, default=Path("reports/loadtest"))
     parser.add_argument("--ramp", type=int, nargs="*", default=[10, 50, 100, 200])
     parser.add_argument("--stage-seconds", type=int, default=60)
@@ -243,12 +276,24 @@ def main() -> int:
     parser.add_argument("--max-p95-ms", type=float, default=300.0)
     parser.add_argument("--chaos", action="store_true")
     parser.add_argument("--chaos-every", type=float, default=5.0)
+    parser.add_argument("--chaos-kills", type=int, default=1000, help="at most this many")
+    parser.add_argument("--chaos-restart-web", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--chaos-hosts", default="app")
     parser.add_argument("--inventory", default="inventories/lab")
+    parser.add_argument("--audit", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--drain-timeout", type=float, default=1800.0)
+    parser.add_argument(
+        "--short",
+        action="store_true",
+        help="about a minute: ramp 10 and 50 users, 100 req/s, the retry stage, 10 s each",
+    )
     args = parser.parse_args()
+    if args.short:
+        args.ramp, args.stage_seconds, args.rate, args.retry_rate = [10, 50], 10, 100.0, 50.0
 
-    if not args.host.startswith(("http://127.", "http://localhost")):
-        parser.error("load tests only target this machine (127.0.0.0/8 or localhost)")
+    for url in (args.host, args.psp or "http://127.0.0.1"):
+        if not url.startswith(("http://127.", "http://localhost")):
+            parser.error(f"load tests only target this machine (127.0.0.0/8), not {url}")
     args.reports.mkdir(parents=True, exist_ok=True)
     (args.reports / "sent.jsonl").unlink(missing_ok=True)
 
@@ -261,11 +306,15 @@ def main() -> int:
     table = summary(results)
     (args.reports / "summary.txt").write_text(table + "\n")
     print("\n" + table)
+    audited = run_audit(args) if args.audit else True
     missed = [r.stage.name for r in results if r.gates_missed]
     if missed:
         print(f"\nloadtest FAILED: gates missed in {', '.join(missed)}")
+    if not audited:
+        print("\nloadtest FAILED: the audit found a loss or a duplicate (see above)")
+    if missed or not audited:
         return 1
-    print(f"\nloadtest passed: every gate met; reports in {args.reports}")
+    print(f"\nloadtest passed: every gate met, audit clean; reports in {args.reports}")
     return 0
 
 

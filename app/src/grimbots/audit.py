@@ -38,6 +38,7 @@ from grimbots.models import (
     PAID_STATUSES,
     Delivery,
     InboundUpdate,
+    Lead,
     OutboxMessage,
     Payment,
     PaymentEvent,
@@ -258,14 +259,20 @@ def audit(services: Services, sent: list[dict[str, Any]], drain_timeout: float) 
         if items:
             report.problems.append(f"{label}: {len(items)}, e.g. {items[:20]}")
     if services.pix is not None:
-        audit_payments(services, bots, calls, report)
+        audit_payments(services, bots, chats, calls, report)
     return report
 
 
 def audit_payments(
-    services: Services, bots: set[int], calls: list[dict[str, Any]], report: Report
+    services: Services,
+    bots: set[int],
+    chats: set[int],
+    calls: list[dict[str, Any]],
+    report: Report,
 ) -> None:
-    """The payment side; `calls` are the Telegram stand-in's answered calls."""
+    """The payment side: the payments of the load test's users (`chats`: their Telegram
+    ids, fresh in every run) with `bots`; `calls` are the Telegram stand-in's answered
+    calls."""
     psp = services.settings.pix.base_url.rstrip("/")
     charges = _get(f"{psp}/_sandbox/charges", "charges")
     notifications = _get(f"{psp}/_sandbox/notifications", "notifications")
@@ -277,7 +284,9 @@ def audit_payments(
                 Payment.status,
                 Payment.amount_cents,
                 Payment.pix_copy_paste.is_not(None),
-            ).where(Payment.bot_id.in_(bots))
+            )
+            .join(Lead, Lead.id == Payment.lead_id)
+            .where(Payment.bot_id.in_(bots), Lead.telegram_user_id.in_(chats))
         ).all()
         all_txids = set(session.scalars(select(Payment.txid)))
         two_pending = session.execute(
@@ -293,7 +302,8 @@ def audit_payments(
             select(Delivery.id, Delivery.payment_id, Delivery.access_token, OutboxMessage.status)
             .outerjoin(OutboxMessage, OutboxMessage.id == Delivery.outbox_message_id)
             .join(Payment, Payment.id == Delivery.payment_id)
-            .where(Payment.bot_id.in_(bots))
+            .join(Lead, Lead.id == Payment.lead_id)
+            .where(Payment.bot_id.in_(bots), Lead.telegram_user_id.in_(chats))
         ).all()
         resends = Counter(
             int(key.split(":")[2])
