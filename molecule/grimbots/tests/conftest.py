@@ -14,6 +14,7 @@ JOURNALS = {
         "'rq-worker@*'",
         "'grimbots-sandbox@*'",
         "grimbots-health-alert",
+        "grimbots-reconcile",
     ],
     "redis": ["redis-server"],
 }

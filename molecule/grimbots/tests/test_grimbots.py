@@ -1,8 +1,9 @@
 """The grimbots role: the app serves, its worker fleet consumes, systemd keeps both alive.
 
 Behaviour, not files: real HTTP calls to gunicorn, a real update through Redis and an RQ
-worker to the Telegram stand-in, processes killed with SIGKILL and timed until they serve
-again. Timings are printed as `MEASURE name=value` lines.
+worker to the Telegram stand-in, a charge paid at the PSP stand-in and its access link
+delivered, the reconciliation timer's job run by a gateway worker, processes killed with
+SIGKILL and timed until they serve again. Timings are printed as `MEASURE name=value` lines.
 """
 
 import json
@@ -11,13 +12,14 @@ import shlex
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "shared"))
 
-from infra import host_in, wait_until
+from infra import host_in, inventory_groups, wait_until
 
 SCENARIO = Path(__file__).resolve().parents[1]
 PROJECT = SCENARIO.parents[1]
@@ -26,6 +28,7 @@ APP_USER = "grimbots"
 REDIS_PASSWORD = "molecule-redis-password"
 ALERT_CHAT_ID = -1000000000042
 SANDBOX_PORT = 8081
+PIX_PORT = 8082
 RECOVERY_LIMIT = 15.0
 
 
@@ -58,6 +61,11 @@ def web(address):
 @pytest.fixture(scope="module")
 def sandbox(address):
     return f"http://{address}:{SANDBOX_PORT}"
+
+
+@pytest.fixture(scope="module")
+def pix(address):
+    return f"http://{address}:{PIX_PORT}"
 
 
 def http(host, method, url, body=None, headers=()):
@@ -107,6 +115,23 @@ def calls(host, sandbox, chat_id):
     return json.loads(text)["calls"]
 
 
+def charges(host, pix):
+    status, text = http(host, "GET", f"{pix}/_sandbox/charges")
+    assert status == 200, text
+    return json.loads(text)["charges"]
+
+
+def queues_drained(host, web, names):
+    queues = health(host, web)[1].get("checks", {}).get("queues", {})
+    return all(queues.get(name, {}).get("size") == 0 for name in names)
+
+
+def unit_properties(host, unit, *names):
+    args = " ".join(f"-p {name}" for name in names)
+    out = host.check_output(f"systemctl show {args} {unit}")
+    return dict(line.split("=", 1) for line in out.splitlines())
+
+
 def redis_cli(redis, args):
     return redis.check_output(
         f"redis-cli -h 127.0.0.1 --pass {REDIS_PASSWORD} --no-auth-warning {args}"
@@ -127,7 +152,12 @@ def test_fleet_has_the_configured_size(app):
 def test_units_run_as_the_app_user(app):
     account = app.user(APP_USER)
     assert account.shell == "/usr/sbin/nologin"
-    units = ["grimbots-web.service", "grimbots-sandbox@telegram.service", *active_instances(app)]
+    units = [
+        "grimbots-web.service",
+        "grimbots-sandbox@telegram.service",
+        "grimbots-sandbox@pix.service",
+        *active_instances(app),
+    ]
     for unit in units:
         pid = main_pid(app, unit)
         assert pid, f"{unit} has no main process"
@@ -187,6 +217,118 @@ def test_update_gets_exactly_one_reply(app, web, sandbox):
     replies = calls(app, sandbox, chat_id)
     assert len(replies) == 1, replies
     assert replies[0]["text"] == "Hello from molecule"
+
+
+def test_published_ports_reach_the_app_and_the_stand_ins():
+    """127.0.0.1 of the controller, a random port each: what the load test uses."""
+    container = inventory_groups()["app"][0]
+    for port, path in (
+        (8000, "/health"),
+        (SANDBOX_PORT, "/_sandbox/calls"),
+        (PIX_PORT, "/_sandbox/charges"),
+    ):
+        out = subprocess.run(
+            ["podman", "port", container, str(port)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        assert len(out) == 1 and out[0].startswith("127.0.0.1:"), (port, out)
+        with urllib.request.urlopen(f"http://{out[0]}{path}", timeout=5) as answer:
+            assert answer.status == 200, (port, path)
+
+
+def test_paid_charge_delivers_the_access_link_once(app, web, sandbox, pix):
+    """A "buy", its charge at the PSP, the PSP's paid callback (sent twice, as PSPs retry)
+    and exactly one message with the access link."""
+    secret = "molecule-pix-bot-secret"
+    bot = manage(
+        app, f"bots add --name molecule-pix --token 100000003:molecule-pix --secret {secret}"
+    )
+    offer = manage(
+        app,
+        f"offers add --bot {bot['id']} --name 'Molecule course' --price-cents 1990 "
+        "--access-link https://example.invalid/molecule-course",
+    )
+    known = {charge["txid"] for charge in charges(app, pix)}
+    chat_id = 6_000_000 + int(time.time()) % 1_000_000
+    update_id = int(time.time() * 1000)
+    user = {"id": chat_id, "is_bot": False, "first_name": "Buyer"}
+    update = {
+        "update_id": update_id,
+        "callback_query": {
+            "id": str(update_id),
+            "from": user,
+            "message": {
+                "message_id": 1,
+                "date": int(time.time()),
+                "chat": {"id": chat_id, "type": "private"},
+            },
+            "chat_instance": str(chat_id),
+            "data": f"buy:{offer['id']}",
+        },
+    }
+    started = time.monotonic()
+    header = f"X-Telegram-Bot-Api-Secret-Token: {secret}"
+    status, text = http(app, "POST", f"{web}/webhook/telegram/{bot['id']}", update, [header])
+    assert status == 200, text
+
+    def new_charges():
+        return [charge for charge in charges(app, pix) if charge["txid"] not in known]
+
+    created = wait_until(new_charges, 20, "the charge at the PSP stand-in")
+    measure("buy_to_charge_seconds", round(time.monotonic() - started, 2))
+    assert len(created) == 1 and created[0]["valor"]["original"] == "19.90", created
+    txid = created[0]["txid"]
+
+    started = time.monotonic()
+    status, text = http(
+        app, "POST", f"{pix}/_sandbox/pay", {"txid": txid, "times": 2, "wait": True}
+    )
+    assert status == 200 and json.loads(text)["results"] == [200, 200], text
+
+    def access_messages():
+        return [m for m in calls(app, sandbox, chat_id) if "access=" in m.get("text", "")]
+
+    wait_until(access_messages, 20, "the access link at the Telegram stand-in")
+    measure("paid_to_access_link_seconds", round(time.monotonic() - started, 2))
+    wait_until(
+        lambda: queues_drained(app, web, ("webhook", "gateway", "tasks")), 15, "the queues to drain"
+    )
+    delivered = access_messages()
+    assert len(delivered) == 1, delivered
+    assert "https://example.invalid/molecule-course" in delivered[0]["text"], delivered
+    assert [c["status"] for c in charges(app, pix) if c["txid"] == txid] == ["CONCLUIDA"]
+
+
+def test_reconcile_timer_runs_a_reconciliation_every_minute(app, redis):
+    assert app.service("grimbots-reconcile.timer").is_enabled
+    assert app.check_output("systemctl is-active grimbots-reconcile.timer") == "active"
+
+    # Converge and idempotence took more than a minute: it has normally run already.
+    def ran():
+        props = unit_properties(
+            app,
+            "grimbots-reconcile.service",
+            "Result",
+            "ExecMainStatus",
+            "ExecMainExitTimestampMonotonic",
+        )
+        return props if props["ExecMainExitTimestampMonotonic"] != "0" else None
+
+    props = wait_until(ran, 75, "grimbots-reconcile.service to run from its timer", interval=1)
+    assert props["Result"] == "success" and props["ExecMainStatus"] == "0", props
+    # It printed the job it queued on gateway; a gateway worker runs it.
+    out = app.check_output("journalctl -u grimbots-reconcile.service -o cat --no-pager -n 50")
+    queued = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    job_ids = [q["job_id"] for q in queued if q.get("job_id")]
+    assert job_ids, out
+    job_id = job_ids[-1]
+    wait_until(
+        lambda: redis_cli(redis, f"HGET rq:job:{job_id} status") == "finished",
+        30,
+        f"gateway to finish {job_id}",
+    )
 
 
 def test_killed_gunicorn_master_serves_again_within_15s(app, web):
@@ -259,7 +401,9 @@ def test_health_alert_reaches_telegram(app, web, sandbox):
         "grimbots-web.service",
         "rq-worker@tasks-1.service",
         "grimbots-sandbox@telegram.service",
+        "grimbots-sandbox@pix.service",
         "grimbots-health-alert.service",
+        "grimbots-reconcile.service",
     ],
 )
 def test_units_are_hardened(app, unit):
