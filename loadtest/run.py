@@ -62,10 +62,11 @@ class Result:
 
 def plan(args: argparse.Namespace) -> list[Stage]:
     stages = [Stage(f"ramp-{users}", users, args.stage_seconds) for users in args.ramp]
-    # Fixed offered rate: enough users that each sends at most 10 requests/s.
-    users = max(1, round(args.rate / 10))
+    # Fixed offered rate: enough users that each sends at most 5 requests/s, so a slow
+    # answer now and then does not hold the rate back.
+    users = max(1, round(args.rate / 5))
     stages.append(Stage("throughput", users, args.stage_seconds, args.rate / users, 0.0, args.rate))
-    retry_users = max(1, round(args.retry_rate / 10))
+    retry_users = max(1, round(args.retry_rate / 5))
     stages.append(
         Stage(
             "retry",

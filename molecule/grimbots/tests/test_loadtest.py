@@ -1,0 +1,71 @@
+"""The short load test against this scenario's stack: loadtest/run.py --short from the
+controller (through the published ports), one worker SIGKILLed during the fixed-rate
+stage, then the zero-duplication audit on the app host. Keeps the load scripts and the
+audit from rotting: `make loadtest` runs the same code, longer, against the lab."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from infra import host_in, inventory_groups
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture(scope="module")
+def app():
+    return host_in("app")
+
+
+def published(port: int) -> str:
+    """The controller's URL for a port of the app container (published on 127.0.0.1)."""
+    container = inventory_groups()["app"][0]
+    out = subprocess.run(
+        ["podman", "port", container, f"{port}/tcp"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert out and out[0].startswith("127.0.0.1:"), f"{port} is not published on 127.0.0.1"
+    return f"http://{out[0]}"
+
+
+def test_short_load_with_a_worker_kill_loses_and_duplicates_nothing(app, tmp_path):
+    seeded = app.check_output("/usr/local/sbin/grimbots-manage bots seed --count 5")
+    bots = tmp_path / "bots.json"
+    bots.write_text(json.dumps(json.loads(seeded)["bots"]))
+    reports = tmp_path / "reports"
+    command = [
+        sys.executable,
+        str(ROOT / "loadtest" / "run.py"),
+        "--short",
+        "--host",
+        published(8000),
+        "--psp",
+        published(8082),
+        "--bots",
+        str(bots),
+        "--inventory",
+        os.environ["MOLECULE_INVENTORY_FILE"],
+        "--reports",
+        str(reports),
+        "--chaos",
+        "--chaos-every",
+        "4",
+        "--chaos-kills",
+        "1",
+        "--no-chaos-restart-web",
+        "--drain-timeout",
+        "600",
+    ]
+    run = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=False)
+    print(run.stdout[-6000:])  # the summary table and the audit, for the CI log
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "kill -9 worker: " in run.stdout, "the chaos step killed no worker"
+    audit = (reports / "audit.txt").read_text()
+    assert "OK, 0 lost, 0 duplicated" in audit
+    sent = (reports / "sent.jsonl").read_text().splitlines()
+    assert len(sent) >= 500 and any(json.loads(line)["retry"] for line in sent)
