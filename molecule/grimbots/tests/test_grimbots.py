@@ -344,6 +344,22 @@ def test_killed_gunicorn_master_serves_again_within_15s(app, web):
     measure("web_kill9_to_serving_seconds", round(time.monotonic() - started, 2))
 
 
+def test_web_restart_refuses_no_connection(app, web):
+    """systemd holds the listening socket: during a restart, requests wait, none fails."""
+    old = main_pid(app, "grimbots-web.service")
+    script = (
+        "systemctl restart --no-block grimbots-web.service; codes=''; "
+        'for i in $(seq 40); do codes="$codes $(curl -s -o /dev/null -m 15 '
+        f"-w '%{{http_code}}' {web}/health)\"; sleep 0.1; done; echo $codes"
+    )
+    started = time.monotonic()
+    codes = app.check_output(script).split()
+    assert codes == ["200"] * 40, codes
+    new_master = lambda: main_pid(app, "grimbots-web.service") not in (0, old)  # noqa: E731
+    wait_until(new_master, RECOVERY_LIMIT, "a new gunicorn master")
+    measure("web_restart_40_requests_seconds", round(time.monotonic() - started, 2))
+
+
 def test_killed_worker_consumes_again_within_15s(app, redis):
     # A tasks worker that runs alone in its cgroup. The one worker per queue that holds
     # RQ's scheduler lock also has a scheduler child process; in these test containers
@@ -380,13 +396,14 @@ def test_health_alert_reaches_telegram(app, web, sandbox):
     app.check_output("rm -f /var/lib/grimbots-health-alert/state.json")
     before = len(calls(app, sandbox, ALERT_CHAT_ID))
     try:
-        app.check_output("systemctl stop grimbots-web.service")
+        # The socket too: while it listens, a connection would start the web again.
+        app.check_output("systemctl stop grimbots-web.socket grimbots-web.service")
         app.run("systemctl start grimbots-health-alert.service")
         alerts = calls(app, sandbox, ALERT_CHAT_ID)[before:]
         assert len(alerts) == 1 and alerts[0]["text"].startswith("ALERT"), alerts
         print(f"\nalert: {alerts[0]['text']}")
     finally:
-        app.check_output("systemctl start grimbots-web.service")
+        app.check_output("systemctl start grimbots-web.socket grimbots-web.service")
     wait_until(lambda: health(app, web)[0] == 200, RECOVERY_LIMIT, "the web back")
     app.check_output("systemctl start grimbots-health-alert.service")
     messages = calls(app, sandbox, ALERT_CHAT_ID)[before:]
