@@ -96,9 +96,9 @@ loadtest: ## Staged load test (10-200 users, 1,000 req/s, retries), gates, then 
 	@test -s $(LOADTEST_BOTS) || { echo "no $(LOADTEST_BOTS): run make lab first" >&2; exit 2; }
 	@$(LOADTEST) $(LOADTEST_ARGS)
 
-chaos: ## The load test with a worker SIGKILLed every 5 s and gunicorn restarted once
+chaos: ## 1,000 req/s with workers SIGKILLed and gunicorn restarted mid-stage, retries, the audit
 	@test -s $(LOADTEST_BOTS) || { echo "no $(LOADTEST_BOTS): run make lab first" >&2; exit 2; }
-	@$(LOADTEST) --chaos --reports $(LOADTEST_REPORTS)-chaos $(LOADTEST_ARGS)
+	@$(LOADTEST) --chaos --ramp --reports $(LOADTEST_REPORTS)-chaos $(LOADTEST_ARGS)
 
 audit: ## Audit the last load test (reports/loadtest/sent.jsonl): 0 lost, 0 duplicated?
 	@$(PLAYBOOK) playbooks/loadtest-audit.yml -e loadtest_sent=$(CURDIR)/$(LOADTEST_REPORTS)/sent.jsonl
