@@ -355,8 +355,11 @@ def test_web_restart_refuses_no_connection(app, web):
     started = time.monotonic()
     codes = app.check_output(script).split()
     assert codes == ["200"] * 40, codes
-    new_master = lambda: main_pid(app, "grimbots-web.service") not in (0, old)  # noqa: E731
-    wait_until(new_master, RECOVERY_LIMIT, "a new gunicorn master")
+    wait_until(
+        lambda: main_pid(app, "grimbots-web.service") not in (0, old),
+        RECOVERY_LIMIT,
+        "a new gunicorn master",
+    )
     measure("web_restart_40_requests_seconds", round(time.monotonic() - started, 2))
 
 
