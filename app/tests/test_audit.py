@@ -114,7 +114,11 @@ def test_reconcile_command_queues_once_per_period(env, redis_client):
     assert redis_client.lrange("rq:queue:gateway", 0, -1) == [first["job_id"].encode()]
     inline = grimbots(env, "reconcile", "--inline")
     assert inline.returncode == 0, inline.stderr
-    assert orjson.loads(inline.stdout) == {"abandoned jobs": 0, "events requeued": 0}
+    assert orjson.loads(inline.stdout) == {
+        "abandoned jobs": 0,
+        "orphaned messages": 0,
+        "events requeued": 0,
+    }
 
 
 def test_sandbox_pix_command_serves_api_pix(env):

@@ -6,16 +6,33 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from grimbots import metrics, payments
-from grimbots.jobs.gateway import PspUnavailable, create_charge, reconcile
+from grimbots import metrics, outbox, payments
+from grimbots.jobs.gateway import (
+    PspUnavailable,
+    charge_job_id,
+    create_charge,
+    enqueue_charge,
+    reconcile,
+)
+from grimbots.jobs.messages import retry_job_id, send_outbox_message
 from grimbots.jobs.webhook import settle
-from grimbots.models import Delivery, Payment, PaymentEvent
+from grimbots.models import Delivery, Lead, OutboxMessage, Payment, PaymentEvent
+from grimbots.queues import GATEWAY, TASKS, get_queue
 from grimbots.services import init_services
 from grimbots.settings import load_settings
 from grimbots.web import create_app
-from payment_support import PIX_PATH, callback_body, make_lead, sent_texts, signed
+from payment_support import (
+    PIX_PATH,
+    callback_body,
+    make_lead,
+    pending_payment,
+    sent_texts,
+    signed,
+)
+from rq import Queue
+from rq.job import Job
 from sqlalchemy import select, update
-from support import count
+from support import count, wait_for
 from werkzeug.test import Client
 
 
@@ -39,6 +56,19 @@ def age(services, payment_id, **deltas: timedelta) -> None:
 def status_of(services, payment_id) -> str:
     with services.db.session() as session:
         return session.get(Payment, payment_id).status
+
+
+def paid_by_callback(services, psp, txid: str, **pay_spec) -> int:
+    """Pay the charge at the PSP stand-in and post its callback; the event's id."""
+    (pix,) = psp.pay(txid=txid, **pay_spec)["pix"]
+    return post_callback(services, callback_body(txid, pix["valor"], pix["endToEndId"]))
+
+
+def post_callback(services, body: bytes) -> int:
+    client = Client(create_app(services.settings))
+    assert client.post(PIX_PATH, data=body, headers=signed(body)).status_code == 200
+    with services.db.session() as session:
+        return session.scalar(select(PaymentEvent.id).order_by(PaymentEvent.id.desc()))
 
 
 def test_charge_is_created_once_and_reused(services, bot, psp, telegram):
@@ -136,19 +166,14 @@ def test_reconciliation_confirms_a_payment_whose_callback_never_came(services, b
     assert len(sent_texts(telegram, 709, "access=")) == 1
 
 
-def test_late_payment_is_flagged_paid_late_and_delivered(services, settings, bot, psp, telegram):
+def test_late_payment_is_flagged_paid_late_and_delivered(services, bot, psp, telegram):
     payment = charge(services, bot, 710)
     psp.expire(payment.txid)
     age(services, payment.id, created_at=timedelta(hours=1))
     reconcile(services)
     assert status_of(services, payment.id) == "expired"
     # The PIX raced the expiry: the PSP reports it after all.
-    (pix,) = psp.pay(txid=payment.txid, allow_removed=True)["pix"]
-    body = callback_body(payment.txid, pix["valor"], pix["endToEndId"])
-    client = Client(create_app(settings))
-    assert client.post(PIX_PATH, data=body, headers=signed(body)).status_code == 200
-    with services.db.session() as session:
-        event_id = session.scalar(select(PaymentEvent.id))
+    event_id = paid_by_callback(services, psp, payment.txid, allow_removed=True)
     before = metrics.PAYMENTS_CONFIRMED.labels("apipix", "true")._value.get()
     assert settle(services, event_id) == "late"
     assert metrics.PAYMENTS_CONFIRMED.labels("apipix", "true")._value.get() == before + 1
@@ -159,3 +184,94 @@ def test_late_payment_is_flagged_paid_late_and_delivered(services, settings, bot
         assert row.status == "paid_late" and row.paid_at is not None
     assert count(services, Delivery) == 1
     assert len(sent_texts(telegram, 710, "access=")) == 1
+
+
+def test_charge_job_run_again_after_its_charge_was_paid_opens_no_second_charge(
+    services, bot, psp, telegram, start_worker
+):
+    """Found by the chaos load test: the worker died while the code was on its way, the
+    buyer paid, and RQ ran the job again. The re-run must stay on its own payment."""
+    lead_id = make_lead(services, bot, 712)
+    telegram.faults(slow={"delay": 3, "count": 1})
+    worker = start_worker(GATEWAY)
+    enqueue_charge(services, bot.id, lead_id, bot.offer_id, 1)
+    wait_for(lambda: telegram.calls("sendMessage", chat_id=712), message="code in flight")
+    worker.kill()
+    (payment,) = payments_of(services, lead_id)
+    assert settle(services, paid_by_callback(services, psp, payment.txid)) == "confirmed"
+
+    # Run the very job again, as RQ's abandoned-job handling does.
+    job_id = charge_job_id(bot.id, 1)
+    Queue(GATEWAY, connection=services.redis.raw).enqueue_job(
+        Job.fetch(job_id, connection=services.redis.raw)
+    )
+    start_worker(GATEWAY)
+    wait_for(
+        lambda: Job.fetch(job_id, connection=services.redis.raw).get_status() == "finished",
+        message="re-run finished",
+    )
+    assert [p.id for p in payments_of(services, lead_id)] == [payment.id]
+    assert len(psp.charges()) == 1
+    texts = [c["text"] for c in telegram.calls("sendMessage", chat_id=712)]
+    assert len(texts) == 2 and "PIX for" in texts[0] and "access=" in texts[1]
+
+
+def test_reconcile_sends_orphaned_rows_once_but_no_code_of_a_paid_charge(
+    services, bot, telegram, start_worker
+):
+    """Codes a killed job wrote and never sent: the reconcile queues them for sending,
+    except one waiting for its scheduled retry; a code whose charge was paid is dropped."""
+    waiting, paid, retrying = (pending_payment(services, bot, u) for u in (713, 714, 715))
+    rows = {p.lead_id: code_row(services, p) for p in (waiting, paid, retrying)}
+    assert settle(services, post_callback(services, callback_body(paid.txid))) == "confirmed"
+    get_queue(TASKS, services.redis.raw).enqueue_in(
+        timedelta(minutes=10),
+        send_outbox_message,
+        rows[retrying.lead_id],
+        job_id=retry_job_id(rows[retrying.lead_id], 0),
+    )
+    assert reconcile(services)["orphaned messages"] == 0  # young rows: their job may run
+    with services.db.session() as session:
+        session.execute(
+            update(OutboxMessage)
+            .where(OutboxMessage.id.in_(rows.values()))
+            .values(updated_at=payments.now() - timedelta(minutes=10))
+        )
+
+    start_worker(TASKS)
+    assert reconcile(services)["orphaned messages"] == 2
+    wait_for(
+        lambda: (
+            outbox.status_of(services.db, rows[paid.lead_id]) == "failed"
+            and outbox.status_of(services.db, rows[waiting.lead_id]) == "sent"
+        ),
+        message="orphans handled",
+    )
+    assert reconcile(services)["orphaned messages"] == 0
+    assert len(sent_texts(telegram, 713, "PIX for")) == 1
+    assert (
+        sent_texts(telegram, 714, "PIX for") == []
+        and len(sent_texts(telegram, 714, "access=")) == 1
+    )
+    assert outbox.status_of(services.db, rows[retrying.lead_id]) == "pending"
+    with services.db.session() as session:
+        assert (
+            session.get(OutboxMessage, rows[paid.lead_id]).error == "not sent: its payment is paid"
+        )
+
+
+def payments_of(services, lead_id: int) -> list[Payment]:
+    with services.db.session() as session:
+        return list(session.scalars(select(Payment).where(Payment.lead_id == lead_id)))
+
+
+def code_row(services, payment: Payment) -> int:
+    """The code message a create_charge job writes, left pending as a killed job leaves it."""
+    with services.db.session() as session:
+        return outbox.add_text(
+            session,
+            key=payments.code_key(payment.id),
+            lead=session.get(Lead, payment.lead_id),
+            kind=payments.CODE_KIND,
+            text=payments.pix_code_text("Curso", payment.amount_cents, "000201-test"),
+        )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-from grimbots.jobs.updates import charge_job_id
+from grimbots.jobs.gateway import charge_job_id
 from grimbots.models import InboundUpdate, Lead, OutboxMessage
 from grimbots.queues import GATEWAY, TASKS, update_job_id
 from rq import Queue

@@ -43,6 +43,7 @@ from grimbots.models import (
     Payment,
     PaymentEvent,
 )
+from grimbots.payments import CODE_KIND
 from grimbots.queues import ALL_QUEUES, get_queue
 from grimbots.services import Services
 
@@ -305,6 +306,17 @@ def audit_payments(
             .join(Lead, Lead.id == Payment.lead_id)
             .where(Payment.bot_id.in_(bots), Lead.telegram_user_id.in_(chats))
         ).all()
+        codes_dropped = session.scalar(
+            select(func.count())
+            .select_from(OutboxMessage)
+            .where(
+                OutboxMessage.kind == CODE_KIND,
+                OutboxMessage.status == "failed",
+                OutboxMessage.error.like("not sent: its payment is %"),
+                OutboxMessage.bot_id.in_(bots),
+                OutboxMessage.chat_id.in_(chats),
+            )
+        )
         resends = Counter(
             int(key.split(":")[2])
             for key in session.scalars(
@@ -349,6 +361,7 @@ def audit_payments(
             "charges at the PSP stand-in (ours)": sum(1 for t in psp_txids if t in ours),
             "payments confirmed (paid + paid_late)": len(paid),
             "revenue counted (cents)": sum(r.amount_cents for r in paid.values()),
+            "PIX codes not sent (charge settled first)": codes_dropped,
             "PSP callbacks sent (answered 200)": len(notified),
             "PSP callbacks refused (non-200)": len(notifications) - len(notified),
             "payment events recorded": len(events),

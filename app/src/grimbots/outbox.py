@@ -4,12 +4,15 @@ Exactly-once rules, enforced by the database:
 - a row is created with INSERT ... ON CONFLICT DO NOTHING on a unique idempotency key, so
   re-running the same job creates nothing new;
 - only the caller whose UPDATE moves it pending -> sending (a compare-and-set) may send;
-- a row left in `sending` (worker killed during the call) is never sent again.
+- a row left in `sending` (worker killed during the call) is never sent again;
+- a row left in `pending` by a job that died for good is sent by the periodic reconcile
+  (grimbots.jobs.messages.requeue_orphans), through the same compare-and-set.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -22,6 +25,7 @@ from grimbots.models import OutboxMessage
 @dataclass(frozen=True)
 class Claimed:
     id: int
+    key: str
     bot_id: int
     lead_id: int | None
     chat_id: int
@@ -90,6 +94,7 @@ def claim(db: Database, outbox_id: int) -> Claimed | None:
             .values(status="sending", attempts=OutboxMessage.attempts + 1, updated_at=func.now())
             .returning(
                 OutboxMessage.id,
+                OutboxMessage.idempotency_key,
                 OutboxMessage.bot_id,
                 OutboxMessage.lead_id,
                 OutboxMessage.chat_id,
@@ -103,6 +108,7 @@ def claim(db: Database, outbox_id: int) -> Claimed | None:
         return None
     return Claimed(
         id=row.id,
+        key=row.idempotency_key,
         bot_id=row.bot_id,
         lead_id=row.lead_id,
         chat_id=row.chat_id,
@@ -142,6 +148,22 @@ def mark_failed(db: Database, outbox_id: int, error: str) -> bool:
 def release(db: Database, outbox_id: int, error: str) -> bool:
     """Back to pending after a call known not to have been delivered (429, 5xx, refused)."""
     return _finish(db, outbox_id, status="pending", error=error[:1000])
+
+
+def orphans(db: Database, older_than: timedelta, limit: int) -> list[tuple[int, int]]:
+    """(id, attempts) of rows left pending for `older_than`: the job that made or
+    re-scheduled them may be gone (grimbots.jobs.messages.requeue_orphans)."""
+    cutoff = datetime.now(UTC) - older_than
+    with db.session() as session:
+        return [
+            (row.id, row.attempts)
+            for row in session.execute(
+                select(OutboxMessage.id, OutboxMessage.attempts)
+                .where(OutboxMessage.status == "pending", OutboxMessage.updated_at < cutoff)
+                .order_by(OutboxMessage.id)
+                .limit(limit)
+            )
+        ]
 
 
 def status_of(db: Database, outbox_id: int) -> str | None:

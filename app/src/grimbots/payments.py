@@ -41,6 +41,8 @@ from grimbots.models import Delivery, Lead, Offer, OutboxMessage, Payment, Payme
 from grimbots.pix import PaymentNotice, PixPayment, brl_label, txid_for
 
 PENDING, PAID, EXPIRED, FAILED, PAID_LATE = "pending", "paid", "expired", "failed", "paid_late"
+# The outbox kind and key prefix of the message carrying a charge's copy-and-paste code.
+CODE_KIND, CODE_KEY_PREFIX = "pix_code", "pix:code:"
 
 
 def utc(moment: datetime) -> datetime:
@@ -316,6 +318,21 @@ def access_link(link: str, token: str) -> str:
 
 def delivery_text(offer_name: str, link: str) -> str:
     return f"Payment received, thank you! Your access to {offer_name}:\n{link}"
+
+
+def code_key(payment_id: uuid.UUID) -> str:
+    """The outbox key of a payment's PIX-code message: one code message per payment."""
+    return f"{CODE_KEY_PREFIX}{payment_id.hex}"
+
+
+def status_behind_code(db: Database, key: str) -> str | None:
+    """The status of the payment whose code message has this outbox key."""
+    if not key.startswith(CODE_KEY_PREFIX):
+        return None
+    with db.session() as session:
+        return session.scalar(
+            select(Payment.status).where(Payment.id == uuid.UUID(key[len(CODE_KEY_PREFIX) :]))
+        )
 
 
 def pix_code_text(offer_name: str, amount_cents: int, code: str) -> str:

@@ -6,9 +6,15 @@ txid is derived from the payment's id, so every run asks for the same charge; a 
 follows an attempt (charge_attempts > 0, whose answer may have been lost) asks the PSP for
 the charge's status before creating it again.
 
-reconcile_pending runs periodically (`grimbots reconcile`, from a systemd timer): it asks
-the PSP about charges still pending after PixSettings.reconcile_after_seconds and settles
-them through the same compare-and-set as the webhook.
+A job runs again after a failure or after its worker was killed. The first run records
+in the job's meta the payment it opened, and every later run works on that payment only:
+asking for "the pending payment of this lead and offer" again would open a second charge
+once the first had been paid. The code of a payment that is no longer pending is not sent.
+
+reconcile_pending runs periodically (`grimbots reconcile`, from a systemd timer). It first
+re-queues jobs abandoned by dead workers and outbox rows that no job will send. Then it
+asks the PSP about charges still pending after PixSettings.reconcile_after_seconds and
+settles them through the same compare-and-set as the webhook.
 """
 
 from __future__ import annotations
@@ -18,13 +24,13 @@ import time
 import uuid
 from datetime import timedelta
 
-from rq import Retry
+from rq import Retry, get_current_job
 from rq.exceptions import DuplicateJobError
 from sqlalchemy import select
 
 from grimbots import metrics, outbox, payments
 from grimbots.jobs import current_job_id, tracked
-from grimbots.jobs.messages import deliver
+from grimbots.jobs.messages import deliver, requeue_orphans
 from grimbots.jobs.webhook import enqueue_event, settle
 from grimbots.logs import event
 from grimbots.models import Lead, Offer, Payment
@@ -36,6 +42,8 @@ log = logging.getLogger(__name__)
 
 # RQ re-runs a create_charge that found the PSP unreachable after these delays (seconds).
 CHARGE_RETRY = Retry(max=6, interval=[5, 15, 30, 60, 120, 300])
+# The job's meta key holding the id of the payment its first run opened.
+PAYMENT_META = "payment_id"
 RECONCILE_BATCH = 500
 # A pending charge the PSP still calls active this long after its expiry is given up.
 EXPIRY_GRACE = timedelta(minutes=10)
@@ -50,17 +58,44 @@ class PspUnavailable(Exception):
     """The PSP did not answer (or not readably): RQ retries the job later."""
 
 
+def charge_job_id(bot_id: int, update_id: int) -> str:
+    return f"charge-{bot_id}-{update_id}"
+
+
+def enqueue_charge(services: Services, bot_id: int, lead_id: int, offer_id: int, update_id: int):
+    """Queue the charge for a "buy" update: once per update, with RQ retries."""
+    try:
+        get_queue(GATEWAY, services.redis.raw).enqueue(
+            create_charge,
+            bot_id,
+            lead_id,
+            offer_id,
+            update_id,
+            job_id=charge_job_id(bot_id, update_id),
+            description=f"create charge bot={bot_id} offer={offer_id} update={update_id}",
+            unique=True,  # a re-run of this update must not ask for a second charge
+            retry=CHARGE_RETRY,  # PSP unreachable: RQ runs it again later
+        )
+    except DuplicateJobError:
+        event(log, logging.INFO, "charge job already queued", bot_id=bot_id, update_id=update_id)
+
+
 @tracked
 def create_charge(bot_id: int, lead_id: int, offer_id: int, update_id: int) -> str:
     """Create (or reuse) the PIX charge for (lead, offer) and send its copy-and-paste code."""
     services = get_services()
+    job = get_current_job()
     fields = {
         "bot_id": bot_id,
         "lead_id": lead_id,
         "offer_id": offer_id,
         "update_id": update_id,
-        "job_id": current_job_id(),
+        "job_id": job.id if job is not None else None,
     }
+    # A re-run (RQ retry, a job abandoned by a killed worker) carries the payment its
+    # first run opened: that one, whatever became of it, never "the pending one now",
+    # which would be a second charge once the first was paid.
+    bound = job.meta.get(PAYMENT_META) if job is not None else None
     with services.db.session() as session:
         lead = session.get(Lead, lead_id)
         offer = session.scalar(select(Offer).where(Offer.id == offer_id, Offer.bot_id == bot_id))
@@ -80,6 +115,8 @@ def create_charge(bot_id: int, lead_id: int, offer_id: int, update_id: int) -> s
                 session, f"pix:unavailable:{bot_id}:{update_id}", lead, PAYMENTS_UNAVAILABLE
             )
             payment = None
+        elif bound is not None:
+            payment = session.get(Payment, uuid.UUID(bound))
         else:
             payment, _ = payments.open_charge(
                 session,
@@ -92,22 +129,31 @@ def create_charge(bot_id: int, lead_id: int, offer_id: int, update_id: int) -> s
     if payment is None:
         deliver(services, outbox_id)
         return "no_psp"
+    if job is not None and bound is None:
+        # Saved before the PSP is asked: nobody can pay a charge before it exists.
+        job.meta[PAYMENT_META] = payment.id.hex
+        job.save_meta()
 
     fields["payment_id"] = payment.id
     if payment.pix_copy_paste is not None:
-        metrics.PIX_CHARGES.labels("reused").inc()
-        event(log, logging.INFO, "charge reused (pending for this lead and offer)", **fields)
+        if bound is None:
+            metrics.PIX_CHARGES.labels("reused").inc()
+            event(log, logging.INFO, "charge reused (pending for this lead and offer)", **fields)
     else:
         outcome = _charge_at_psp(services, payment.id, offer_name, fields)
         if outcome != "created":
             return outcome
         payment = payments.get(services.db, payment.id)
-    code_key = f"pix:code:{payment.id.hex}"
     with services.db.session() as session:
         text = payments.pix_code_text(offer_name, payment.amount_cents, payment.pix_copy_paste)
         outbox_id = outbox.add_text(
-            session, key=code_key, lead=session.get(Lead, lead_id), kind="pix_code", text=text
+            session,
+            key=payments.code_key(payment.id),
+            lead=session.get(Lead, lead_id),
+            kind=payments.CODE_KIND,
+            text=text,
         )
+    # deliver() sends no code for a payment settled meanwhile (grimbots.jobs.messages).
     sent = deliver(services, outbox_id)
     event(log, logging.INFO, "pix code", result=sent, **fields)
     return "charged"
@@ -221,11 +267,14 @@ def reconcile_pending() -> dict[str, int]:
 
 
 def reconcile(services: Services) -> dict[str, int]:
-    """Re-queue abandoned jobs, then ask the PSP about charges pending for a while and
-    settle each. Returns counts."""
-    counts = {"abandoned jobs": sweep_abandoned(services.redis.raw)}
+    """Re-queue abandoned jobs and orphaned outbox rows, then ask the PSP about charges
+    pending for a while and settle each. Returns counts."""
+    counts = {
+        "abandoned jobs": sweep_abandoned(services.redis.raw),
+        "orphaned messages": requeue_orphans(services),
+    }
     if services.pix is None:
-        event(log, logging.INFO, "reconcile: no PSP configured, swept abandoned jobs", **counts)
+        event(log, logging.INFO, "reconcile: no PSP configured, swept jobs and outbox", **counts)
         return counts
     older_than = timedelta(seconds=services.settings.pix.reconcile_after_seconds)
     for payment_id in payments.due_for_reconciliation(services.db, older_than, RECONCILE_BATCH):

@@ -7,18 +7,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from rq.exceptions import DuplicateJobError
 from sqlalchemy import select
 
 from grimbots import outbox
 from grimbots.db import insert_for
 from grimbots.jobs import current_job_id, tracked
-from grimbots.jobs.gateway import CHARGE_RETRY, create_charge
+from grimbots.jobs.gateway import enqueue_charge
 from grimbots.jobs.messages import deliver
 from grimbots.logs import event
 from grimbots.models import Bot, InboundUpdate, Lead, Offer
 from grimbots.pix import brl_label
-from grimbots.queues import GATEWAY, get_queue
 from grimbots.services import get_services
 
 log = logging.getLogger(__name__)
@@ -41,10 +39,6 @@ class Reply:
     kind: str
     method: str
     payload: dict[str, Any]
-
-
-def charge_job_id(bot_id: int, update_id: int) -> str:
-    return f"charge-{bot_id}-{update_id}"
 
 
 def classify(update: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
@@ -190,25 +184,8 @@ def process_update(bot_id: int, update_id: int, update_json: str) -> str:
     # After the commit: the rows the next steps read are visible to everyone.
     results = [deliver(services, outbox_id) for outbox_id in outbox_ids]
     if offer_id is not None and lead_id is not None:
-        _enqueue_charge(services, bot_id, lead_id, offer_id, update_id)
+        enqueue_charge(services, bot_id, lead_id, offer_id, update_id)
     event(
         log, logging.INFO, "update processed", kind=kind, replies=",".join(results) or "-", **fields
     )
     return kind
-
-
-def _enqueue_charge(services, bot_id: int, lead_id: int, offer_id: int, update_id: int) -> None:
-    try:
-        get_queue(GATEWAY, services.redis.raw).enqueue(
-            create_charge,
-            bot_id,
-            lead_id,
-            offer_id,
-            update_id,
-            job_id=charge_job_id(bot_id, update_id),
-            description=f"create charge bot={bot_id} offer={offer_id} update={update_id}",
-            unique=True,  # a re-run of this update must not ask for a second charge
-            retry=CHARGE_RETRY,  # PSP unreachable: RQ runs it again later
-        )
-    except DuplicateJobError:
-        event(log, logging.INFO, "charge job already queued", bot_id=bot_id, update_id=update_id)
