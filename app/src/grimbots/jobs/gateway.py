@@ -62,7 +62,9 @@ def charge_job_id(bot_id: int, update_id: int) -> str:
     return f"charge-{bot_id}-{update_id}"
 
 
-def enqueue_charge(services: Services, bot_id: int, lead_id: int, offer_id: int, update_id: int):
+def enqueue_charge(
+    services: Services, bot_id: int, lead_id: int, offer_id: int, update_id: int
+) -> None:
     """Queue the charge for a "buy" update: once per update, with RQ retries."""
     try:
         get_queue(GATEWAY, services.redis.raw).enqueue(
@@ -130,7 +132,7 @@ def create_charge(bot_id: int, lead_id: int, offer_id: int, update_id: int) -> s
         deliver(services, outbox_id)
         return "no_psp"
     if job is not None and bound is None:
-        # Saved before the PSP is asked: nobody can pay a charge before it exists.
+        # Saved before the PSP is asked, so before anyone can pay a charge this run opens.
         job.meta[PAYMENT_META] = payment.id.hex
         job.save_meta()
 
