@@ -12,7 +12,9 @@ happened.
 
 Each stage must keep the fail ratio under --max-fail-ratio and P95 under --max-p95-ms; the
 throughput stage must also really offer 90 % of its target rate, or its figures mean
-nothing. HTML and CSV reports per stage go to --reports. Exit code 1 if any gate is missed
+nothing. Under --chaos the throughput stage is gated on its fail ratio only: the kills and
+the restart are there to hurt latency and rate, and no request may fail.
+HTML and CSV reports per stage go to --reports. Exit code 1 if any gate is missed
 or the audit finds a loss or a duplicate.
 """
 
@@ -54,6 +56,7 @@ class Result:
     p99: float
     errors: list[str]
     gates_missed: list[str]
+    gated: str = ""  # a note when a stage is gated on less than every bar
 
     @property
     def fail_ratio(self) -> float:
@@ -157,6 +160,11 @@ def read_result(stage: Stage, prefix: Path, args, chaos: Chaos | None) -> Result
         result.gates_missed.append(
             f"fail ratio {result.fail_ratio:.2%} >= {args.max_fail_ratio:.0%}"
         )
+    if chaos is not None:
+        # Killed workers and a gunicorn restart (every request waits for it, ~6 s) are
+        # meant to hurt latency and rate; what must hold is that no request fails.
+        result.gated = "fail ratio only (chaos)"
+        return result
     if result.p95 >= args.max_p95_ms:
         result.gates_missed.append(f"P95 {result.p95:.0f} ms >= {args.max_p95_ms} ms")
     if stage.offered_rate and stage.retry_share == 0 and result.rps < 0.9 * stage.offered_rate:
@@ -234,7 +242,8 @@ def summary(results: list[Result]) -> str:
         lines.append(
             f"{r.stage.name:<12} {r.stage.users:>5} {r.rps:>8.1f} {r.p50:>7.0f} {r.p95:>7.0f}"
             f" {r.p99:>7.0f} {r.requests:>9} {r.fail_ratio:>7.2%}  "
-            + ("ok" if not r.gates_missed else "MISSED: " + "; ".join(r.gates_missed))
+            + ("MISSED: " + "; ".join(r.gates_missed) if r.gates_missed else "ok")
+            + (f" ({r.gated})" if r.gated else "")
         )
     return "\n".join(lines)
 
