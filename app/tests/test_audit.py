@@ -47,6 +47,9 @@ def test_audit_passes_on_a_real_flow_and_catches_a_duplicate_delivery(
     assert "OK, 0 lost, 0 duplicated" in result.stdout
     assert re.search(r"payments confirmed \(paid \+ paid_late\) +1\n", result.stdout)
     assert re.search(r"delivery messages at the stand-in +1\n", result.stdout)
+    # The PSP called three times for one PIX: three callbacks, one event.
+    assert re.search(r"PSP callbacks sent \(answered 200\) +3\n", result.stdout)
+    assert re.search(r"payment events recorded +1\n", result.stdout)
 
     listed = orjson.loads(grimbots(env, "deliveries", "list", "--bot", str(bot.id)).stdout)
     assert [(d["payment"], d["status"]) for d in listed] == [(str(payment.id), "sent")]
