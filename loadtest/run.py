@@ -163,7 +163,7 @@ def read_result(stage: Stage, prefix: Path, args, chaos: Chaos | None) -> Result
     if chaos is not None:
         # Killed workers and a gunicorn restart (every request waits for it, ~6 s) are
         # meant to hurt latency and rate; what must hold is that no request fails.
-        result.gated = "fail ratio only (chaos)"
+        result.gated = "chaos: fail ratio only"
         return result
     if result.p95 >= args.max_p95_ms:
         result.gates_missed.append(f"P95 {result.p95:.0f} ms >= {args.max_p95_ms} ms")
