@@ -108,6 +108,11 @@ def test_audit_passes_on_a_real_flow_and_catches_a_duplicate_delivery(
     assert result.returncode == 1
     assert "FAILED" in result.stdout and str(payment.id) in result.stdout
 
+    # A stand-in that forgot the run (restarted since) is named as the likely cause.
+    httpx.delete(f"{telegram.url}/_sandbox/calls").raise_for_status()
+    result = grimbots(env, *audit)
+    assert result.returncode == 1 and "was it restarted" in result.stdout
+
 
 def test_reconcile_command_queues_once_per_period(env, redis_client):
     first = orjson.loads(grimbots(env, "reconcile", "--interval", "3600").stdout)
