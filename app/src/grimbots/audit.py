@@ -43,7 +43,7 @@ from grimbots.models import (
     Payment,
     PaymentEvent,
 )
-from grimbots.payments import CODE_KIND
+from grimbots.payments import CODE_KIND, CODE_NOT_SENT
 from grimbots.queues import ALL_QUEUES, get_queue
 from grimbots.services import Services
 
@@ -326,7 +326,7 @@ def audit_payments(
             .where(
                 OutboxMessage.kind == CODE_KIND,
                 OutboxMessage.status == "failed",
-                OutboxMessage.error.like("not sent: its payment is %"),
+                OutboxMessage.error.startswith(CODE_NOT_SENT),
                 OutboxMessage.bot_id.in_(bots),
                 OutboxMessage.chat_id.in_(chats),
             )

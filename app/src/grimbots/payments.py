@@ -43,6 +43,8 @@ from grimbots.pix import PaymentNotice, PixPayment, brl_label, txid_for
 PENDING, PAID, EXPIRED, FAILED, PAID_LATE = "pending", "paid", "expired", "failed", "paid_late"
 # The outbox kind and key prefix of the message carrying a charge's copy-and-paste code.
 CODE_KIND, CODE_KEY_PREFIX = "pix_code", "pix:code:"
+# The error of a code message held back because its payment was settled first.
+CODE_NOT_SENT = "not sent: its payment is "
 
 
 def utc(moment: datetime) -> datetime:

@@ -70,7 +70,7 @@ def deliver(services: Services, outbox_id: int) -> str:
             payment_status = payments.status_behind_code(services.db, claimed.key)
             if payment_status != payments.PENDING:
                 outbox.mark_failed(
-                    services.db, outbox_id, f"not sent: its payment is {payment_status}"
+                    services.db, outbox_id, f"{payments.CODE_NOT_SENT}{payment_status}"
                 )
                 event(log, logging.INFO, "code not sent, payment settled", **fields)
                 return "moot"
