@@ -6,9 +6,12 @@ cd "$(dirname "$0")/.."
 
 venv=${VENV:-.venv}
 image=${GRIMBOTS_BASE_IMAGE:-localhost/grimbots-base:bookworm}
-# podman, runc, debootstrap: containers for Molecule and the lab; redis-server,
-# postgresql-15: the real servers app tests start; wrk: the ingest benchmark.
-packages=(podman runc debootstrap uidmap python3-venv git make curl
+# podman, runc, debootstrap: containers for Molecule and the lab; netavark and
+# aardvark-dns: their network, where containers resolve each other by name (podman's
+# dependency is met by CNI's plugins just as well, which have no DNS, so apt may pick
+# either); redis-server, postgresql-15: the real servers app tests start; wrk: the
+# ingest benchmark.
+packages=(podman runc netavark aardvark-dns debootstrap uidmap python3-venv git make curl
           redis-server postgresql-15 wrk)
 
 step() { printf '== setup: %s\n' "$*"; }
@@ -29,11 +32,12 @@ else
   echo "all present"
 fi
 
-step "podman (runc, rlimits from containers/containers.conf)"
+step "podman (runc, netavark, rlimits from containers/containers.conf)"
 export CONTAINERS_CONF=$PWD/containers/containers.conf
-podman info --format '{{.Host.OCIRuntime.Name}}' 2>/dev/null | grep -qx runc \
-  || fail "podman" "podman does not use runc with CONTAINERS_CONF=$CONTAINERS_CONF"
-echo "runtime runc"
+podman_info=$(podman info --format '{{.Host.OCIRuntime.Name}} {{.Host.NetworkBackend}}' 2>/dev/null)
+[[ $podman_info == "runc netavark" ]] \
+  || fail "podman" "want runtime runc and network backend netavark with CONTAINERS_CONF=$CONTAINERS_CONF, got '${podman_info}'"
+echo "runtime runc, network backend netavark"
 
 step "Python venv ($venv)"
 stamp=$venv/.grimbots-stamp
