@@ -4,16 +4,21 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-declare -a rows=()
+declare -a rows=() reasons=()
 failed=0
 passed=0
+# Each stage's whole output, kept: a CI log shows only its end, where the summary names
+# the failed tests and tasks and points here.
+logs=build/test-logs
+mkdir -p "$logs"
 
-# run NAME COMMAND... : time one stage and record its outcome.
+# run NAME COMMAND... : time one stage, keep its output, record its outcome.
 run() {
   local name=$1; shift
-  local start=$SECONDS rc
+  local start=$SECONDS rc log
+  log="$logs/$(tr -cs 'a-z0-9' '-' <<<"$name" | sed 's/-$//').log"
   printf '\n==== %s ====\n' "$name"
-  "$@"; rc=$?
+  "$@" 2>&1 | tee "$log"; rc=${PIPESTATUS[0]}
   local took=$((SECONDS - start))
   if ((rc == 0)); then
     passed=$((passed + 1)); rows+=("$(printf '%-26s passed   %5ss' "$name" "$took")")
@@ -21,7 +26,17 @@ run() {
     rows+=("$(printf '%-26s not run  %5ss  (nothing to run)' "$name" "$took")")
   else
     failed=$((failed + 1)); rows+=("$(printf '%-26s FAILED   %5ss  (exit %s)' "$name" "$took" "$rc")")
+    reasons+=("$name (whole output: $log):" "$(failure_lines "$log")")
   fi
+}
+
+# The lines that say what failed: pytest's FAILED/ERROR summary, Ansible's failed tasks,
+# lint findings; colour codes and Molecule's frame are stripped first.
+failure_lines() {
+  sed -e 's/\x1b\[[0-9;]*m//g' -e 's/^ *│ *//' "$1" \
+    | grep -v 'FAILED - RETRYING' \
+    | grep -E -A2 '^(FAILED|ERROR) |fatal: \[|\[ERROR\]|^ *[0-9]+:[0-9]+ +error|^[^ :]+:[0-9]+(:[0-9]+)?: ' \
+    | grep -v '^--$' | tail -n 20 | cut -c1-300 | sed 's/^/  /'
 }
 
 lint_yaml() { yamllint --strict .; }
@@ -69,5 +84,9 @@ fi
 
 printf '\n==== summary (%ss) ====\n' "$((SECONDS - start_all))"
 printf '%s\n' "${rows[@]}"
+if ((${#reasons[@]})); then
+  printf '\nwhat failed:\n'
+  printf '%s\n' "${reasons[@]}"
+fi
 echo "summary: $passed passed, $failed failed"
 ((failed == 0))
