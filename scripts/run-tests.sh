@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Run the test stages and print what ran. Usage: run-tests.sh [lint|app|molecule [SCENARIO]]
+# Run the test stages and print what ran.
+# Usage: run-tests.sh [fresh-root|lint|app|molecule [SCENARIO]]
 # With no argument: every stage. Exits non-zero if any stage failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -64,6 +65,9 @@ molecule_test() {
 
 stage=${1:-all}
 start_all=$SECONDS
+if [[ $stage == all || $stage == fresh-root ]]; then
+  run "setup: fresh Debian root" scripts/check-fresh-root.sh
+fi
 if [[ $stage == all || $stage == lint ]]; then
   run "lint: yamllint" lint_yaml
   run "lint: ansible-lint" lint_ansible
