@@ -20,9 +20,13 @@ help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 ## ---- set-up -------------------------------------------------------------------
-.PHONY: setup base-image constraints wheelhouse
-setup: ## Install Debian packages, the venv and the base image (idempotent)
+.PHONY: setup venv base-image constraints wheelhouse
+setup: ## Install Debian packages, the base image and the venv; prove the podman network (idempotent)
 	@scripts/setup-host.sh
+
+# Only the venv: what the lint and the day-2 playbooks need.
+venv:
+	@scripts/setup-host.sh venv
 
 base-image: ## Rebuild the local systemd base image
 	@scripts/build-base-image.sh $(GRIMBOTS_BASE_IMAGE) --force
@@ -43,18 +47,21 @@ wheelhouse: setup ## Build the app and its pinned dependencies as wheels for the
 	@ls $(WHEELHOUSE)/grimbots-*.whl >/dev/null && echo "wheelhouse: $$(ls $(WHEELHOUSE) | wc -l) wheels in $(WHEELHOUSE)"
 
 ## ---- tests ----------------------------------------------------------------------
-.PHONY: test lint test-app test-molecule
-test: setup ## Lint, app tests and every Molecule scenario, with a summary
+.PHONY: test lint test-app test-molecule test-fresh-root
+test: setup ## Fresh-root check, lint, app tests and every Molecule scenario, with a summary
 	@scripts/run-tests.sh
 
-lint: ## ansible-lint (production profile), yamllint, ruff
+lint: venv ## ansible-lint (production profile), yamllint, ruff
 	@scripts/run-tests.sh lint
 
-test-app: ## The app's tests against real Redis and PostgreSQL
+test-app: setup ## The app's tests against real Redis and PostgreSQL
 	@scripts/run-tests.sh app
 
-test-molecule: ## Every Molecule scenario (or SCENARIO=name)
+test-molecule: setup ## Every Molecule scenario (or SCENARIO=name)
 	@scripts/run-tests.sh molecule $(SCENARIO)
+
+test-fresh-root: setup ## The declared host packages, installed into a clean Debian root, provide every executable
+	@scripts/run-tests.sh fresh-root
 
 ## ---- lab and day-2 ---------------------------------------------------------------
 # Owned by the grimbots role's maintainers. The lab is the whole stack in systemd
@@ -67,22 +74,23 @@ PLAYBOOK = $(BIN)/ansible-playbook -i $(INVENTORY)
 lab: wheelhouse ## Build the lab (containers + site.yml + a demo bot) and print what to open
 	@$(BIN)/ansible-playbook -i inventories/lab playbooks/lab-up.yml
 
-lab-down: ## Remove the lab's containers and network (the secrets in .lab/ stay)
+lab-down: venv ## Remove the lab's containers and network (the secrets in .lab/ stay)
 	@$(BIN)/ansible-playbook -i inventories/lab playbooks/lab-down.yml
 
-status: ## Every unit on every host plus /health, one table [INVENTORY=inventories/lab]
+status: venv ## Every unit on every host plus /health, one table [INVENTORY=inventories/lab]
 	@$(PLAYBOOK) playbooks/status.yml
 
-restart: ## Restart the app and the worker fleet, host by host [INVENTORY=...]
+restart: venv ## Restart the app and the worker fleet, host by host [INVENTORY=...]
 	@$(PLAYBOOK) playbooks/restart.yml
 
-logs: ## Journal of one host's stack units: make logs HOST=grimbots-lab-app1 [LINES=100]
+logs: venv ## Journal of one host's stack units: make logs HOST=grimbots-lab-app1 [LINES=100]
 	@test -n "$(HOST)" || { echo "usage: make logs HOST=<inventory host> [LINES=100] [INVENTORY=...]" >&2; exit 2; }
 	@$(PLAYBOOK) playbooks/logs.yml --limit '$(HOST)' -e lines=$(LINES)
 
 ## ---- load tests (issue 6) ---------------------------------------------------------
 # Against the lab by default: the front door and the PSP stand-in as published on
-# 127.0.0.1, the bots `make lab` seeded (.lab/bots.json). Reports in reports/loadtest/.
+# 127.0.0.1, the bots `make lab` seeded (.lab/bots.json). Reports in reports/loadtest/
+# (reports/loadtest-chaos/ for make chaos); reports/last-run names the last run's folder.
 LOADTEST_HOST ?= http://127.0.0.1:8000
 LOADTEST_PSP ?= http://127.0.0.1:8082
 LOADTEST_BOTS ?= .lab/bots.json
@@ -92,13 +100,19 @@ LOADTEST = $(BIN)/python loadtest/run.py --host $(LOADTEST_HOST) --psp $(LOADTES
 	--bots $(LOADTEST_BOTS) --inventory $(INVENTORY) --reports $(LOADTEST_REPORTS)
 
 .PHONY: loadtest chaos audit
-loadtest: ## Staged load test (10-200 users, 1,000 req/s, retries), gates, then the audit
+loadtest: setup ## Staged load test (10-200 users, 1,000 req/s, retries), gates, then the audit
 	@test -s $(LOADTEST_BOTS) || { echo "no $(LOADTEST_BOTS): run make lab first" >&2; exit 2; }
 	@$(LOADTEST) $(LOADTEST_ARGS)
 
-chaos: ## 1,000 req/s with workers SIGKILLed and gunicorn restarted mid-stage, retries, the audit
+chaos: setup ## 1,000 req/s with workers SIGKILLed and gunicorn restarted mid-stage, retries, the audit
 	@test -s $(LOADTEST_BOTS) || { echo "no $(LOADTEST_BOTS): run make lab first" >&2; exit 2; }
 	@$(LOADTEST) --chaos --ramp --reports $(LOADTEST_REPORTS)-chaos $(LOADTEST_ARGS)
 
-audit: ## Audit the last load test (reports/loadtest/sent.jsonl): 0 lost, 0 duplicated?
-	@$(PLAYBOOK) playbooks/loadtest-audit.yml -e loadtest_sent=$(CURDIR)/$(LOADTEST_REPORTS)/sent.jsonl
+# The run to audit: AUDIT_REPORTS=reports/loadtest-chaos, or by default the last run.
+AUDIT_REPORTS ?= $(shell cat reports/last-run 2>/dev/null)
+
+audit: venv ## Audit the last load test or chaos run (or AUDIT_REPORTS=DIR): 0 lost, 0 duplicated?
+	@test -s "$(AUDIT_REPORTS)/sent.jsonl" || { echo "no load test run to audit$(if $(AUDIT_REPORTS), in $(AUDIT_REPORTS)): run make loadtest or make chaos first" >&2; exit 2; }
+	@echo "audit: $(AUDIT_REPORTS) ($$(cat $(AUDIT_REPORTS)/run.txt 2>/dev/null || echo 'run not described'))"
+	@$(PLAYBOOK) playbooks/loadtest-audit.yml -e loadtest_sent=$(abspath $(AUDIT_REPORTS))/sent.jsonl \
+	  -e "loadtest_run=$(AUDIT_REPORTS): $$(cat $(AUDIT_REPORTS)/run.txt 2>/dev/null)"

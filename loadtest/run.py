@@ -264,6 +264,8 @@ def run_audit(args: argparse.Namespace) -> bool:
             f"loadtest_report={(args.reports / 'audit.txt').resolve()}",
             "-e",
             f"loadtest_drain_timeout={args.drain_timeout}",
+            "-e",
+            f"loadtest_run={args.reports}: {(args.reports / 'run.txt').read_text().strip()}",
         ],
         check=False,
     )
@@ -306,6 +308,11 @@ def main() -> int:
             parser.error(f"load tests only target this machine (127.0.0.0/8), not {url}")
     args.reports.mkdir(parents=True, exist_ok=True)
     (args.reports / "sent.jsonl").unlink(missing_ok=True)
+    # What `make audit` audits by default: the last run, whichever folder it wrote to.
+    kind = "chaos" if args.chaos else "short" if args.short else "load"
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    (args.reports / "run.txt").write_text(f"{kind} run started {started} against {args.host}\n")
+    (args.reports.parent / "last-run").write_text(f"{args.reports}\n")
 
     results = []
     for stage in plan(args):
