@@ -8,6 +8,7 @@ import subprocess
 
 import httpx
 import orjson
+from conftest import without_psp
 from grimbots.models import OutboxMessage, Payment
 from grimbots.queues import ALL_QUEUES
 from payment_support import PIX_PATH, sent_texts
@@ -122,11 +123,24 @@ def test_reconcile_command_queues_once_per_period(env, redis_client):
     assert redis_client.lrange("rq:queue:gateway", 0, -1) == [first["job_id"].encode()]
     inline = grimbots(env, "reconcile", "--inline")
     assert inline.returncode == 0, inline.stderr
-    assert orjson.loads(inline.stdout) == {
+    assert orjson.loads(inline.stdout) == {}  # no charge pending long enough to ask about
+
+
+def test_maintenance_command_sweeps_once_per_period_without_a_psp(env, redis_client):
+    env = without_psp(env)
+    first = orjson.loads(grimbots(env, "maintenance", "--interval", "3600").stdout)
+    again = orjson.loads(grimbots(env, "maintenance", "--interval", "3600").stdout)
+    assert first == {
+        "swept": True,
         "abandoned jobs": 0,
+        "failed jobs requeued": 0,
         "orphaned messages": 0,
         "events requeued": 0,
     }
+    assert again == {"swept": False}
+    forced = orjson.loads(grimbots(env, "maintenance", "--force").stdout)
+    assert forced["swept"] is True
+    assert float(redis_client.hget("grimbots:maintenance", "last_run")) > 0
 
 
 def test_sandbox_pix_command_serves_api_pix(env):

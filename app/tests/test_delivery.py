@@ -6,14 +6,9 @@ import time
 
 import orjson
 import pytest
+from grimbots.jobs.maintenance import sweep_abandoned
 from grimbots.models import Lead, OutboxMessage
-from grimbots.queues import (
-    JOB_TIMEOUT_SECONDS,
-    TASKS,
-    UPDATE_RETRY,
-    sweep_abandoned,
-    update_job_id,
-)
+from grimbots.queues import JOB_TIMEOUT_SECONDS, TASKS, UPDATE_RETRY, update_job_id
 from rq import Queue
 from rq.job import Job
 from sqlalchemy import select
@@ -128,7 +123,7 @@ def test_update_abandoned_by_a_killed_worker_is_run_again(
     job = Job.fetch(job_id, connection=services.redis.raw)
     assert job.get_status() == "started" and job.retries_left == UPDATE_RETRY.max
 
-    # As the periodic reconcile does once the job's heartbeat has expired.
+    # As the maintenance sweep does once the job's heartbeat has expired.
     assert sweep_abandoned(services.redis.raw, now=time.time() + JOB_TIMEOUT_SECONDS + 61) == 1
     job = Job.fetch(job_id, connection=services.redis.raw)
     assert job.retries_left == UPDATE_RETRY.max - 1

@@ -7,6 +7,7 @@ from datetime import timedelta
 
 import pytest
 from grimbots import metrics, outbox, payments
+from grimbots.jobs import maintenance
 from grimbots.jobs.gateway import (
     PspUnavailable,
     charge_job_id,
@@ -216,10 +217,10 @@ def test_charge_job_run_again_after_its_charge_was_paid_opens_no_second_charge(
     assert len(texts) == 2 and "PIX for" in texts[0] and "access=" in texts[1]
 
 
-def test_reconcile_sends_orphaned_rows_once_but_no_code_of_a_paid_charge(
+def test_maintenance_sends_orphaned_rows_once_but_no_code_of_a_paid_charge(
     services, bot, telegram, start_worker
 ):
-    """Codes a killed job wrote and never sent: the reconcile queues them for sending,
+    """Codes a killed job wrote and never sent: the sweep queues them for sending,
     except one waiting for its scheduled retry; a code whose charge was paid is dropped."""
     waiting, paid, retrying = (pending_payment(services, bot, u) for u in (713, 714, 715))
     rows = {p.lead_id: code_row(services, p) for p in (waiting, paid, retrying)}
@@ -230,7 +231,7 @@ def test_reconcile_sends_orphaned_rows_once_but_no_code_of_a_paid_charge(
         rows[retrying.lead_id],
         job_id=retry_job_id(rows[retrying.lead_id], 0),
     )
-    assert reconcile(services)["orphaned messages"] == 0  # young rows: their job may run
+    assert maintenance.sweep(services)["orphaned messages"] == 0  # young rows: their job may run
     with services.db.session() as session:
         session.execute(
             update(OutboxMessage)
@@ -239,7 +240,7 @@ def test_reconcile_sends_orphaned_rows_once_but_no_code_of_a_paid_charge(
         )
 
     start_worker(TASKS)
-    assert reconcile(services)["orphaned messages"] == 2
+    assert maintenance.sweep(services)["orphaned messages"] == 2
     wait_for(
         lambda: (
             outbox.status_of(services.db, rows[paid.lead_id]) == "failed"
@@ -247,7 +248,7 @@ def test_reconcile_sends_orphaned_rows_once_but_no_code_of_a_paid_charge(
         ),
         message="orphans handled",
     )
-    assert reconcile(services)["orphaned messages"] == 0
+    assert maintenance.sweep(services)["orphaned messages"] == 0
     assert len(sent_texts(telegram, 713, "PIX for")) == 1
     assert (
         sent_texts(telegram, 714, "PIX for") == []

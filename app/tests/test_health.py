@@ -67,3 +67,18 @@ def test_killed_worker_does_not_count(settings, start_worker, redis_client):
     _, report = _health(settings)
     assert report["status"] == "degraded"
     assert report["checks"]["queues"]["tasks"]["workers"] == 0
+
+
+def test_keeps_the_seed_fields(settings):
+    """status, timestamp (UTC ISO 8601) and version: what operators' scripts read."""
+    from datetime import UTC, datetime
+
+    from grimbots import __version__
+
+    _, report = _health(settings)
+    assert report["version"] == __version__
+    stamp = datetime.fromisoformat(report["timestamp"].replace("Z", "+00:00"))
+    assert stamp.tzinfo is not None and stamp.utcoffset().total_seconds() == 0
+    assert abs((datetime.now(UTC) - stamp).total_seconds()) < 5
+    assert report["status"] in ("healthy", "degraded")
+    assert set(report["checks"]) >= {"database", "redis", "queues", "failed_jobs", "maintenance"}

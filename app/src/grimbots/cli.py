@@ -323,6 +323,32 @@ def sandbox_pix(
     )
 
 
+@main.command("maintenance")
+@click.option(
+    "--interval",
+    default=60,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="the timer's period: at most one sweep per period across all hosts",
+)
+@click.option("--force", is_flag=True, help="sweep now even if a host already did this period")
+def maintenance_command(interval: int, force: bool) -> None:
+    """Sweep abandoned and failed jobs, orphaned outbox rows and lost payment events.
+
+    Run it from a timer on every app host (every minute): one host sweeps per period.
+    Prints the counts, or {"swept": false} when another host swept this period.
+    """
+    from grimbots.jobs import maintenance
+
+    services = _services()
+    counts = (
+        maintenance.sweep(services)
+        if force
+        else maintenance.run_once_per_period(services, interval)
+    )
+    _print_json({"swept": False} if counts is None else {"swept": True, **counts})
+
+
 @main.command("reconcile")
 @click.option(
     "--inline",
@@ -337,7 +363,7 @@ def sandbox_pix(
     help="the timer's period: at most one reconciliation is queued per period",
 )
 def reconcile_command(inline: bool, interval: int) -> None:
-    """Ask the PSP about charges pending for a while (run it from a timer, every minute).
+    """Ask the PSP about charges pending for a while (a timer runs it every minute).
 
     By default queues one `reconcile_pending` job on `gateway` per period (job id
     reconcile-<period number>), so a timer on every app host still runs it once.
@@ -416,10 +442,12 @@ def deliveries_resend(payment_id, reason: str) -> None:
     help="JSON lines of the updates a load test sent",
 )
 @click.option("--drain-timeout", default=300.0, show_default=True, type=float)
-def audit_command(sent_file, drain_timeout: float) -> None:
+@click.option("--run", "run_label", default=None, help="which run this is (the first line)")
+def audit_command(sent_file, drain_timeout: float, run_label: str | None) -> None:
     """Reconcile what was sent with what the system did; exit 1 on any loss or duplicate."""
     from grimbots.audit import audit, read_sent
 
+    click.echo(f"audit of {run_label or sent_file.name}")
     services = _services()
     report = audit(services, read_sent(sent_file.readlines()), drain_timeout)
     click.echo(report.render())

@@ -1,16 +1,26 @@
 """The health check shared by GET /health and `grimbots health`.
 
-healthy: database and Redis answer and every queue has a live worker.
-degraded: database and Redis answer, but some queue has no worker (work piles up).
+healthy: database and Redis answer, every queue has a live worker and no job has been
+  failing for long.
+degraded: database and Redis answer, but some queue has no worker (work piles up), or a
+  job has sat in RQ's failed registry for longer than GRIMBOTS_HEALTH_FAILED_JOB_SECONDS
+  (600 by default: the maintenance sweep re-queues a failed job after 1, 2, 4, ... 30
+  minutes, so it has been failing for about half an hour: look at it).
 unhealthy: the database or Redis does not answer (nothing can be accepted or done).
-Bounded: every probe has a short timeout and the Redis part is two round trips.
+Bounded: every probe has a short timeout and the Redis part is five round trips.
+
+The JSON keeps the seed's fields that operators' scripts read (status, timestamp in UTC
+ISO 8601, the app's version) next to the per-check details (docs/operations.md).
 """
 
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from typing import Any
 
+from grimbots import __version__
+from grimbots.jobs.maintenance import failed_jobs, last_run
 from grimbots.queues import ALL_QUEUES
 from grimbots.services import Services
 
@@ -51,26 +61,45 @@ def _queues(services: Services) -> dict[str, dict[str, int]]:
 
 
 def check(services: Services) -> tuple[str, dict[str, Any]]:
-    database = _timed(services.db.ping)
-    redis = _timed(services.redis.ping)
-    checks: dict[str, Any] = {"database": database, "redis": redis}
-    # Informative only: a box without a PSP still serves Telegram (see Settings.pix).
-    checks["pix"] = {
-        "configured": services.pix is not None,
-        "provider": services.pix.provider if services.pix is not None else None,
-    }
-    if not redis["ok"]:
-        checks["queues"] = {"ok": False, "error": "redis unavailable"}
-        return "unhealthy", {"status": "unhealthy", "checks": checks}
-    try:
-        checks["queues"] = _queues(services)
-    except Exception as exc:
-        checks["queues"] = {"ok": False, "error": type(exc).__name__}
-        return "unhealthy", {"status": "unhealthy", "checks": checks}
-    if not database["ok"]:
+    checks = _checks(services)
+    if not checks["redis"]["ok"] or "error" in checks["queues"] or not checks["database"]["ok"]:
         status = "unhealthy"
-    elif any(q["workers"] == 0 for q in checks["queues"].values()):
+    elif any(q["workers"] == 0 for q in checks["queues"].values()) or any(
+        (failed["oldest_seconds"] or 0) > services.settings.health_failed_job_seconds
+        for failed in checks["failed_jobs"].values()
+    ):
         status = "degraded"
     else:
         status = "healthy"
-    return status, {"status": status, "checks": checks}
+    return status, {
+        "status": status,
+        "timestamp": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "version": __version__,
+        "checks": checks,
+    }
+
+
+def _checks(services: Services) -> dict[str, Any]:
+    checks: dict[str, Any] = {
+        "database": _timed(services.db.ping),
+        "redis": _timed(services.redis.ping),
+        # Informative only: a box without a PSP still serves Telegram (see Settings.pix).
+        "pix": {
+            "configured": services.pix is not None,
+            "provider": services.pix.provider if services.pix is not None else None,
+        },
+    }
+    if not checks["redis"]["ok"]:
+        checks["queues"] = {"ok": False, "error": "redis unavailable"}
+        return checks
+    try:
+        checks["queues"] = _queues(services)
+        checks["failed_jobs"] = failed_jobs(services.redis.raw)
+        # Informative: a sweep that stopped running shows here (and in an alert).
+        ran = last_run(services.redis.raw)
+        checks["maintenance"] = {
+            "last_run_seconds_ago": None if ran is None else round(time.time() - ran, 1)
+        }
+    except Exception as exc:
+        checks["queues"] = {"ok": False, "error": type(exc).__name__}
+    return checks

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from redis import Redis
 from rq import Queue, Retry
-from rq.registry import StartedJobRegistry
 
 TASKS = "tasks"  # Telegram updates and outgoing messages
 GATEWAY = "gateway"  # talking to the PSP (issue 4)
@@ -29,28 +28,3 @@ def update_job_id(bot_id: int, update_id: int) -> str:
 def get_queue(name: str, connection: Redis) -> Queue:
     # RQ stores pickled bytes: it needs the client without decode_responses.
     return Queue(name, connection=connection, default_timeout=JOB_TIMEOUT_SECONDS)
-
-
-def sweep_abandoned(connection: Redis, now: float | None = None) -> int:
-    """Re-queue (or fail, without retries left) jobs whose worker died mid-job.
-
-    A SIGKILLed worker leaves its job in the started registry until the job's heartbeat
-    expires (timeout + 60 s), or, killed between dequeue and start, in the queue's
-    intermediate list; RQ's own maintenance looks only every 10 minutes. The periodic
-    reconcile calls this so an abandoned job comes back within about a minute of expiring
-    (an intermediate one on the second sweep that sees it). `now` (a Unix time) is for
-    tests. Returns how many abandoned jobs were found.
-    """
-    from rq import SimpleWorker  # only to hand stuck jobs to RQ's own failure handling
-
-    found = 0
-    for name in ALL_QUEUES:
-        queue = get_queue(name, connection)
-        registry = StartedJobRegistry(queue=queue)
-        found += len(registry.get_expired_job_ids(now))
-        registry.cleanup(now)
-        stuck = queue.intermediate_queue
-        before = set(stuck.get_job_ids())
-        stuck.cleanup(SimpleWorker([queue], connection=connection), queue)
-        found += len(before - set(stuck.get_job_ids()))
-    return found

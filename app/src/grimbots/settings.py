@@ -42,6 +42,8 @@ class Settings:
     telegram_read_timeout: float = 10.0
     log_level: str = "INFO"
     dedupe_ttl_seconds: int = 86400
+    # /health says degraded when a job has sat in RQ's failed registry this long (grimbots.health).
+    health_failed_job_seconds: int = 600
     # None when no GRIMBOTS_PIX_* variable is set: the Telegram side runs, and a "buy"
     # fails loudly (log line at ERROR, grimbots_pix_charges_total{outcome="no_psp"}).
     pix: PixSettings | None = None
@@ -188,6 +190,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         telegram_read_timeout=_positive_float(env, "TELEGRAM_READ_TIMEOUT_SECONDS", 10.0),
         log_level=log_level,
         dedupe_ttl_seconds=_positive_int(env, "DEDUPE_TTL_SECONDS", 86400),
+        health_failed_job_seconds=_positive_int(env, "HEALTH_FAILED_JOB_SECONDS", 600),
     )
 
 

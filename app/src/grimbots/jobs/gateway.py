@@ -11,10 +11,11 @@ in the job's meta the payment it opened, and every later run works on that payme
 asking for "the pending payment of this lead and offer" again would open a second charge
 once the first had been paid. The code of a payment that is no longer pending is not sent.
 
-reconcile_pending runs periodically (`grimbots reconcile`, from a systemd timer). It first
-re-queues jobs abandoned by dead workers and outbox rows that no job will send. Then it
-asks the PSP about charges still pending after PixSettings.reconcile_after_seconds and
-settles them through the same compare-and-set as the webhook.
+reconcile_pending runs periodically (`grimbots reconcile`, from a systemd timer that exists
+only with a PSP): it asks the PSP about charges still pending after
+PixSettings.reconcile_after_seconds and settles them through the same compare-and-set as the
+webhook. Jobs abandoned by dead workers, failed jobs, outbox rows no job will send and lost
+payment events are swept apart, with or without a PSP (grimbots.jobs.maintenance).
 """
 
 from __future__ import annotations
@@ -30,12 +31,12 @@ from sqlalchemy import select
 
 from grimbots import metrics, outbox, payments
 from grimbots.jobs import current_job_id, tracked
-from grimbots.jobs.messages import deliver, requeue_orphans
-from grimbots.jobs.webhook import enqueue_event, settle
+from grimbots.jobs.messages import deliver
+from grimbots.jobs.webhook import settle
 from grimbots.logs import event
 from grimbots.models import Lead, Offer, Payment
 from grimbots.pix import ATIVA, ChargeStatus
-from grimbots.queues import GATEWAY, WEBHOOK, get_queue, sweep_abandoned
+from grimbots.queues import GATEWAY, get_queue
 from grimbots.services import Services, get_services
 
 log = logging.getLogger(__name__)
@@ -47,8 +48,6 @@ PAYMENT_META = "payment_id"
 RECONCILE_BATCH = 500
 # A pending charge the PSP still calls active this long after its expiry is given up.
 EXPIRY_GRACE = timedelta(minutes=10)
-# An event nobody processed after this long lost its job (e.g. Redis lost it): queue it again.
-STALE_EVENT_AGE = timedelta(minutes=1)
 
 PAYMENTS_UNAVAILABLE = "Sorry, payments are not available right now. Please try again later."
 CHARGE_REFUSED = "Sorry, we could not create your PIX payment. Please tap the offer again later."
@@ -269,20 +268,15 @@ def reconcile_pending() -> dict[str, int]:
 
 
 def reconcile(services: Services) -> dict[str, int]:
-    """Re-queue abandoned jobs and orphaned outbox rows, then ask the PSP about charges
-    pending for a while and settle each. Returns counts."""
-    counts = {
-        "abandoned jobs": sweep_abandoned(services.redis.raw),
-        "orphaned messages": requeue_orphans(services),
-    }
+    """Ask the PSP about charges pending for a while and settle each. Returns counts."""
+    counts: dict[str, int] = {}
     if services.pix is None:
-        event(log, logging.INFO, "reconcile: no PSP configured, swept jobs and outbox", **counts)
+        event(log, logging.INFO, "reconcile: no PSP configured, nothing to ask")
         return counts
     older_than = timedelta(seconds=services.settings.pix.reconcile_after_seconds)
     for payment_id in payments.due_for_reconciliation(services.db, older_than, RECONCILE_BATCH):
         outcome = reconcile_one(services, payment_id)
         counts[outcome] = counts.get(outcome, 0) + 1
-    counts["events requeued"] = requeue_lost_events(services)
     event(log, logging.INFO, "reconciled pending charges", job_id=current_job_id(), **counts)
     return counts
 
@@ -322,14 +316,3 @@ def _long_past_expiry(services: Services, payment_id: uuid.UUID) -> bool:
             )
             is not None
         )
-
-
-def requeue_lost_events(services: Services) -> int:
-    queue = get_queue(WEBHOOK, services.redis.raw)
-    requeued = 0
-    for event_id, provider, event_key in payments.unprocessed_events(
-        services.db, STALE_EVENT_AGE, RECONCILE_BATCH
-    ):
-        if enqueue_event(queue, event_id, provider, event_key, requeue_failed=True):
-            requeued += 1
-    return requeued

@@ -6,8 +6,6 @@ import logging
 import time
 from datetime import timedelta
 
-from rq.exceptions import DuplicateJobError, NoSuchJobError
-from rq.job import Job, JobStatus
 from sqlalchemy import select, update
 
 from grimbots import metrics, outbox, payments
@@ -27,9 +25,6 @@ MAX_INLINE_WAIT_SECONDS = 5.0
 INLINE_BACKOFF_SECONDS = (0.5, 1.0, 2.0)
 DEFERRED_BACKOFF_SECONDS = 30
 MAX_ATTEMPTS = 8
-# A row still pending this long after its last change has no job left to send it.
-ORPHAN_AGE = timedelta(minutes=5)
-ORPHAN_BATCH = 500
 
 
 @tracked
@@ -173,44 +168,4 @@ def _retry_later(services: Services, outbox_id: int, attempt: int, delay: float)
         outbox_id,
         job_id=retry_job_id(outbox_id, attempt),
         description=f"send outbox {outbox_id} (retry {attempt})",
-    )
-
-
-def requeue_orphans(services: Services, older_than: timedelta = ORPHAN_AGE) -> int:
-    """Queue a send for each row left pending with no job to send it; returns how many.
-
-    A job killed between writing its rows and sending them, with no retries left, leaves
-    them pending for good. A row waiting for its scheduled retry is not an orphan.
-    """
-    queue = get_queue(TASKS, services.redis.raw)
-    requeued = 0
-    for outbox_id, attempts in outbox.orphans(services.db, older_than, ORPHAN_BATCH):
-        if _alive(services, retry_job_id(outbox_id, attempts)):
-            continue
-        try:
-            queue.enqueue(
-                send_outbox_message,
-                outbox_id,
-                job_id=f"outbox-{outbox_id}-orphan-{attempts}",
-                description=f"send orphaned outbox {outbox_id}",
-                unique=True,  # still queued from the previous sweep
-            )
-        except DuplicateJobError:
-            continue
-        requeued += 1
-    if requeued:
-        event(log, logging.WARNING, "orphaned outbox rows queued for sending", count=requeued)
-    return requeued
-
-
-def _alive(services: Services, job_id: str) -> bool:
-    try:
-        job = Job.fetch(job_id, connection=services.redis.raw)
-    except NoSuchJobError:
-        return False
-    return job.get_status() in (
-        JobStatus.QUEUED,
-        JobStatus.SCHEDULED,
-        JobStatus.DEFERRED,
-        JobStatus.STARTED,
     )
