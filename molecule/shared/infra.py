@@ -4,7 +4,9 @@ Hosts come from Molecule's inventory but are reached through testinfra's podman 
 which is about ten times faster than the ansible backend Molecule would pass.
 """
 
+import json
 import os
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +38,33 @@ def host_in(group: str):
     if not names:
         raise LookupError(f"no host in group {group!r} of {os.environ['MOLECULE_INVENTORY_FILE']}")
     return testinfra.get_host(f"podman://{names[0]}")
+
+
+PROJECT = Path(__file__).resolve().parents[2]
+
+
+def run_playbook(
+    playbook: str | Path, *args: str, extra_vars: dict | None = None, inventory: Path | None = None
+):
+    """ansible-playbook against this scenario's inventory (or `inventory`): the
+    CompletedProcess, whatever its exit code (the caller asserts). `playbook` is relative
+    to the project."""
+    inventory = inventory or Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent
+    command = ["ansible-playbook", "-i", str(inventory), str(PROJECT / playbook), *args]
+    if extra_vars:
+        command += ["-e", json.dumps(extra_vars)]
+    return subprocess.run(
+        command,
+        env=dict(os.environ, ANSIBLE_ROLES_PATH=str(PROJECT / "roles")),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def output(run) -> str:
+    """The end of a playbook run's output, for an assertion message."""
+    return run.stdout[-4000:] + run.stderr[-2000:]
 
 
 def wait_until(condition: Callable[[], object], timeout: float, what: str, interval=0.2):
