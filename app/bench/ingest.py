@@ -264,25 +264,18 @@ def main() -> None:
             **{k: v for k, v in os.environ.items() if not k.startswith("GRIMBOTS_")},
             "GRIMBOTS_DATABASE_URL": f"sqlite:///{work}/bench.db",
             "GRIMBOTS_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
-            "GRIMBOTS_ADMIN_TOKEN": "bench-admin-token-0123456789",
+            "GRIMBOTS_ADMIN_TOKEN": "bench-admin-token-0123456789-0123456789abcdef",
             "GRIMBOTS_LOG_LEVEL": "WARNING",
+            # One bot at the peak rate: no per-bot admission limit here.
+            "GRIMBOTS_BOT_ADMISSION_PER_SECOND": "0",
             "PROMETHEUS_MULTIPROC_DIR": str(work / "prometheus"),
         }
         grimbots = str(BIN / "grimbots")
         subprocess.run([grimbots, "db", "upgrade"], env=env, check=True, capture_output=True)
         bot = orjson.loads(
             subprocess.run(
-                [
-                    grimbots,
-                    "bots",
-                    "add",
-                    "--name",
-                    "bench",
-                    "--token",
-                    "1:bench",
-                    "--secret",
-                    SECRET,
-                ],
+                [grimbots, "bots", "add", "--name", "bench", "--credentials", "-"],
+                input=orjson.dumps({"token": "1:bench", "secret": SECRET}),
                 env=env,
                 check=True,
                 capture_output=True,

@@ -197,8 +197,10 @@ def main() -> None:
             **{k: v for k, v in os.environ.items() if not k.startswith("GRIMBOTS_")},
             "GRIMBOTS_DATABASE_URL": database_url,
             "GRIMBOTS_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
-            "GRIMBOTS_ADMIN_TOKEN": "bench-admin-token-0123456789",
+            "GRIMBOTS_ADMIN_TOKEN": "bench-admin-token-0123456789-abcdef",
             "GRIMBOTS_LOG_LEVEL": "WARNING",
+            # One bot buys as fast as the clients go: no per-bot admission limit here.
+            "GRIMBOTS_BOT_ADMISSION_PER_SECOND": "0",
             "GRIMBOTS_TELEGRAM_API_URL": tg_url,
             "GRIMBOTS_PIX_BASE_URL": psp_url,
             "GRIMBOTS_PIX_CLIENT_ID": "bench",
@@ -232,12 +234,15 @@ def main() -> None:
         )
         subprocess.run([grimbots, "db", "upgrade"], env=env, check=True, capture_output=True)
 
-        def cli(*argv: str) -> dict:
+        def cli(*argv: str, stdin: bytes | None = None) -> dict:
             return orjson.loads(
-                subprocess.run([grimbots, *argv], env=env, check=True, capture_output=True).stdout
+                subprocess.run(
+                    [grimbots, *argv], env=env, input=stdin, check=True, capture_output=True
+                ).stdout
             )
 
-        bot = cli("bots", "add", "--name", "bench", "--token", "1:bench", "--secret", SECRET)
+        credentials = orjson.dumps({"token": "1:bench", "secret": SECRET})
+        bot = cli("bots", "add", "--name", "bench", "--credentials", "-", stdin=credentials)
         offer = cli(
             "offers",
             "add",

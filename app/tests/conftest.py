@@ -26,7 +26,7 @@ from pix_fixtures import PIX_KEY, WEBHOOK_SECRET, start_sandbox
 from support import GRIMBOTS, GUNICORN, Process, free_port, port_open, wait_for
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
-ADMIN_TOKEN = "test-admin-token-0123456789"
+ADMIN_TOKEN = "test-admin-token-0123456789-abcdef"
 TEMPLATE_DB = "grimbots_template"
 
 

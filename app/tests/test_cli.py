@@ -8,8 +8,10 @@ import orjson
 from support import GRIMBOTS
 
 
-def grimbots(env, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([GRIMBOTS, *args], env=env, capture_output=True, text=True, timeout=60)
+def grimbots(env, *args, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [GRIMBOTS, *args], env=env, input=stdin, capture_output=True, text=True, timeout=60
+    )
 
 
 def test_bots_seed_creates_missing_bots_once_and_lists_their_secrets(env):
@@ -30,13 +32,14 @@ def test_bots_seed_creates_missing_bots_once_and_lists_their_secrets(env):
 
 
 def test_bots_and_offers_add_are_idempotent(env):
-    add = ("bots", "add", "--name", "shop", "--token", "123:ABC", "--welcome", "Oi")
-    first, second = grimbots(env, *add), grimbots(env, *add)
+    add = ("bots", "add", "--name", "shop", "--credentials", "-", "--welcome", "Oi")
+    first = grimbots(env, *add, stdin='{"token": "123:ABC"}')
+    second = grimbots(env, *add, stdin='{"token": "123:ABC"}')
     assert first.returncode == 0, first.stderr
     created = orjson.loads(first.stdout)
     assert created["created"] is True
     assert orjson.loads(second.stdout) == {"id": created["id"], "created": False, "updated": False}
-    changed = grimbots(env, "bots", "add", "--name", "shop", "--token", "123:NEW")
+    changed = grimbots(env, *add, stdin='{"token": "123:NEW", "secret": "s3cret-NEW_1"}')
     assert orjson.loads(changed.stdout) == {"id": created["id"], "created": False, "updated": True}
 
     offer = (
@@ -85,3 +88,17 @@ def test_set_webhook_calls_telegram_with_url_and_secret(env, bot, telegram):
     assert call["params"]["url"] == f"https://bots.example/webhook/telegram/{bot.id}"
     assert call["params"]["secret_token"] == bot.secret
     assert bot.token not in result.stdout + result.stderr
+
+
+def test_bots_add_takes_credentials_only_from_a_file_or_stdin(env, tmp_path):
+    """Never on the command line: there is no --token or --secret option at all."""
+    refused = grimbots(env, "bots", "add", "--name", "x", "--token", "123:ABC")
+    assert refused.returncode == 2 and "No such option" in refused.stderr
+    creds = tmp_path / "bot.json"
+    creds.write_text('{"token": "456:DEF", "secret": "abc_DEF-123"}')
+    made = grimbots(env, "bots", "add", "--name", "from-file", "--credentials", str(creds))
+    assert orjson.loads(made.stdout)["created"] is True
+    for bad in ("not json", '{"secret": "x"}', '{"token": "1:a", "secret": "no spaces"}'):
+        result = grimbots(env, "bots", "add", "--name", "y", "--credentials", "-", stdin=bad)
+        assert result.returncode == 2 and "--credentials" in result.stderr, result.stderr
+        assert "no spaces" not in result.stderr  # the value itself is never echoed

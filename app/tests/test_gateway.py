@@ -18,6 +18,7 @@ from grimbots.jobs.gateway import (
 from grimbots.jobs.messages import retry_job_id, send_outbox_message
 from grimbots.jobs.webhook import settle
 from grimbots.models import Delivery, Lead, OutboxMessage, Payment, PaymentEvent
+from grimbots.pix import PixPayment
 from grimbots.queues import GATEWAY, TASKS, get_queue
 from grimbots.services import init_services
 from grimbots.settings import load_settings
@@ -224,7 +225,9 @@ def test_maintenance_sends_orphaned_rows_once_but_no_code_of_a_paid_charge(
     except one waiting for its scheduled retry; a code whose charge was paid is dropped."""
     waiting, paid, retrying = (pending_payment(services, bot, u) for u in (713, 714, 715))
     rows = {p.lead_id: code_row(services, p) for p in (waiting, paid, retrying)}
-    assert settle(services, post_callback(services, callback_body(paid.txid))) == "confirmed"
+    pix = PixPayment(f"E99999999{paid.id.hex[:23]}", paid.amount_cents, payments.now())
+    event_id = payments.record_status_payment(services.db, "apipix", paid.txid, pix)
+    assert settle(services, event_id) == "confirmed"  # as the reconciliation finds it
     get_queue(TASKS, services.redis.raw).enqueue_in(
         timedelta(minutes=10),
         send_outbox_message,

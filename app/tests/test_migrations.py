@@ -124,7 +124,7 @@ def test_cli_upgrade_from_any_directory(tmp_path):
             "PATH": "/usr/bin:/bin",
             "GRIMBOTS_DATABASE_URL": url,
             "GRIMBOTS_REDIS_URL": "redis://127.0.0.1:1/0",
-            "GRIMBOTS_ADMIN_TOKEN": "x" * 20,
+            "GRIMBOTS_ADMIN_TOKEN": "x" * 32,
         },
         cwd="/",
         capture_output=True,

@@ -166,7 +166,11 @@ def test_crash_after_commit_before_send_is_resumed_once(
     psp.pay(txid=payment.txid, notify_url=base_url + PIX_PATH, wait=True)
     with services.db.session() as session:
         event_id, event_key = session.execute(select(PaymentEvent.id, PaymentEvent.event_key)).one()
-    # What the killed worker had committed: the compare-and-set and the delivery rows.
+    # What the killed worker had committed: the PSP's confirmation, the compare-and-set and
+    # the delivery rows.
+    from grimbots.jobs.webhook import confirm_with_psp
+
+    confirm_with_psp(services, event_id)
     assert payments.apply_event(services.db, event_id).won
     assert count(services, OutboxMessage, kind="delivery", status="pending") == 1
     start_worker(WEBHOOK, extra_env=extra)  # now runs the queued job for the event

@@ -232,7 +232,7 @@ def test_callback_from_the_sandbox_parses_with_the_adapter(sandbox, adapter):
         assert adapter.create_charge(txid, 1990).ok
         answer = control(sandbox, "pay", {"txid": txid, "notify_url": receiver.url}).json()
         (headers, body), *_ = wait_until(receiver.received, what="the callback")
-        (notice,) = adapter.parse_notification(headers, body)
+        (notice,) = adapter.parse_notification(headers, body).notices
         assert notice.txid == txid and notice.amount_cents == 1990
         assert notice.event_key == answer["pix"][0]["endToEndId"]
     finally:

@@ -41,7 +41,7 @@ def signed(document: object, secret: str = SECRET) -> tuple[dict[str, str], byte
 
 def test_signed_notification_parses():
     headers, body = signed({"pix": [PIX, {**PIX, "endToEndId": "E2", "valor": "1.00"}]})
-    first, second = ADAPTER.parse_notification(headers, body)
+    first, second = ADAPTER.parse_notification(headers, body).notices
     assert first.end_to_end_id == first.event_key == PIX["endToEndId"]
     assert first.txid == PIX["txid"]
     assert first.amount_cents == 1234
@@ -54,26 +54,26 @@ def test_header_name_is_case_insensitive_and_hex_case_does_not_matter():
     headers, body = signed({"pix": [PIX]})
     value = headers[SIGNATURE_HEADER]
     lowered = {"x-pix-signature": "SHA256=" + value.split("=", 1)[1].upper()}
-    assert len(ADAPTER.parse_notification(lowered, body)) == 1
+    assert len(ADAPTER.parse_notification(lowered, body).notices) == 1
 
 
 def test_pix_without_txid_is_a_notice_without_txid():
     headers, body = signed({"pix": [{k: v for k, v in PIX.items() if k != "txid"}]})
-    (notice,) = ADAPTER.parse_notification(headers, body)
+    (notice,) = ADAPTER.parse_notification(headers, body).notices
     assert notice.txid is None
 
 
 def test_empty_list_is_valid():
-    assert ADAPTER.parse_notification(*signed({"pix": []})) == []
+    assert ADAPTER.parse_notification(*signed({"pix": []})).notices == []
 
 
 def test_timestamp_with_offset_and_without():
     headers, body = signed({"pix": [{**PIX, "horario": "2024-01-02T12:30:00-03:00"}]})
-    assert ADAPTER.parse_notification(headers, body)[0].paid_at == datetime(
+    assert ADAPTER.parse_notification(headers, body).notices[0].paid_at == datetime(
         2024, 1, 2, 15, 30, tzinfo=UTC
     )
     headers, body = signed({"pix": [{**PIX, "horario": "2024-01-02T15:30:00"}]})
-    assert ADAPTER.parse_notification(headers, body)[0].paid_at.tzinfo is UTC
+    assert ADAPTER.parse_notification(headers, body).notices[0].paid_at.tzinfo is UTC
 
 
 @pytest.mark.parametrize(
@@ -111,6 +111,24 @@ def without(key: str) -> dict[str, str]:
     return {k: v for k, v in PIX.items() if k != key}
 
 
+def test_one_bad_entry_does_not_hold_back_the_others():
+    """A malformed entry (here a time of year 9999) is reported; the valid one is taken."""
+    bad = {**PIX, "endToEndId": "E" + "2" * 31, "horario": "9999-12-31T23:59:59-03:00"}
+    body = orjson.dumps({"pix": [bad, PIX]})
+    callback = ADAPTER.parse_notification({SIGNATURE_HEADER: sign(body, SECRET)}, body)
+    assert [n.end_to_end_id for n in callback.notices] == [PIX["endToEndId"]]
+    assert len(callback.rejected) == 1 and "horario" in callback.rejected[0]
+
+
+@pytest.mark.parametrize(
+    "horario", ["0001-01-01T00:00:00+03:00", "9999-12-31T23:59:59-03:00", "1999-12-31T23:59:59Z"]
+)
+def test_a_time_out_of_range_is_malformed_not_an_error(horario):
+    body = orjson.dumps({"pix": [{**PIX, "horario": horario}]})
+    with pytest.raises(NotificationMalformed, match="horario"):
+        ADAPTER.parse_notification({SIGNATURE_HEADER: sign(body, SECRET)}, body)
+
+
 @pytest.mark.parametrize(
     "document",
     [
@@ -131,7 +149,10 @@ def without(key: str) -> dict[str, str]:
         pytest.param({"pix": [{**PIX, "valor": "0.00"}]}, id="zero"),
         pytest.param({"pix": [{**PIX, "valor": 12.34}]}, id="number-not-string"),
         pytest.param({"pix": [{**PIX, "valor": "doze"}]}, id="words"),
-        pytest.param({"pix": [PIX, without("valor")]}, id="one-bad-item-of-two"),
+        pytest.param(
+            {"pix": [without("valor"), {**PIX, "horario": "0001-01-01T00:00:00Z"}]},
+            id="every-item-bad",
+        ),
     ],
 )
 def test_malformed_body_is_rejected(document):

@@ -49,7 +49,7 @@ def charge(adapter, amount_cents: int = 1000) -> str:
 def notices(adapter, receiver) -> list:
     parsed = []
     for headers, body in receiver.received():
-        parsed.extend(adapter.parse_notification(headers, body))
+        parsed.extend(adapter.parse_notification(headers, body).notices)
     return parsed
 
 
@@ -98,7 +98,7 @@ def test_batch_callback_carries_every_pix(sandbox, adapter, receiver):
     txids = [charge(adapter) for _ in range(3)]
     pay(sandbox, txids=txids, batch=True, wait=True)
     ((headers, body),) = receiver.received()
-    assert [n.txid for n in adapter.parse_notification(headers, body)] == txids
+    assert [n.txid for n in adapter.parse_notification(headers, body).notices] == txids
 
 
 def test_chosen_end_to_end_id_and_amount_mismatch(sandbox, adapter, receiver):

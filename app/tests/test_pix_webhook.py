@@ -102,17 +102,18 @@ def test_unknown_txid_is_kept_and_flagged(client, bot, services):
     nothing_paid(services)
 
 
-def test_amount_mismatch_is_flagged_and_not_paid(client, bot, services):
+def test_callback_the_psp_does_not_confirm_pays_nothing(client, bot, services):
+    """A correctly signed callback with a made-up amount for a charge the PSP never saw:
+    recorded, flagged not_confirmed, and the payment stays as it was."""
     payment = pending_payment(services, bot, 504)
     body = callback_body(payment.txid, amount="1.00")
     assert post(client, body, signed(body)).status_code == 200
     (event,) = events(services)
-    assert settle(services, event.id) == "amount_mismatch"
+    assert settle(services, event.id) == "not_confirmed"
     (event,) = events(services)
-    assert event.amount_mismatch and event.payment_id == payment.id
+    assert not event.psp_confirmed and event.payment_id == payment.id
     with services.db.session() as session:
-        row = session.get(Payment, payment.id)
-        assert row.status == "failed" and "amount mismatch" in row.failure_reason
+        assert session.get(Payment, payment.id).status == "pending"
     assert count(services, Delivery) == 0
     assert count(services, OutboxMessage) == 0
     # Settling it again changes nothing.

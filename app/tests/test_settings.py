@@ -12,7 +12,7 @@ from support import GRIMBOTS, GUNICORN
 GOOD = {
     "GRIMBOTS_DATABASE_URL": "sqlite:////tmp/grimbots-settings-test.db",
     "GRIMBOTS_REDIS_URL": "redis://:pw@127.0.0.1:6379/0",
-    "GRIMBOTS_ADMIN_TOKEN": "x" * 16,
+    "GRIMBOTS_ADMIN_TOKEN": "x" * 32,
 }
 
 
@@ -57,6 +57,11 @@ BAD = [
     ("GRIMBOTS_REDIS_DB", {"GRIMBOTS_REDIS_DB": "one"}),
     ("GRIMBOTS_ADMIN_TOKEN", {"GRIMBOTS_ADMIN_TOKEN": None}),
     ("GRIMBOTS_ADMIN_TOKEN", {"GRIMBOTS_ADMIN_TOKEN": "short"}),
+    ("GRIMBOTS_ADMIN_TOKEN", {"GRIMBOTS_ADMIN_TOKEN": "x" * 31}),
+    ("GRIMBOTS_ADMIN_TOKEN", {"GRIMBOTS_ADMIN_TOKEN": "change-me-admin-token-at-least-32-chars"}),
+    ("GRIMBOTS_OPS_PORT", {"GRIMBOTS_OPS_PORT": "0"}),
+    ("GRIMBOTS_OPS_PORT", {"GRIMBOTS_OPS_PORT": "http"}),
+    ("GRIMBOTS_BOT_ADMISSION_PER_SECOND", {"GRIMBOTS_BOT_ADMISSION_PER_SECOND": "-1"}),
     ("GRIMBOTS_REDIS_POOL_SIZE", {"GRIMBOTS_REDIS_POOL_SIZE": "0"}),
     ("GRIMBOTS_REDIS_POOL_SIZE", {"GRIMBOTS_REDIS_POOL_SIZE": "many"}),
     ("GRIMBOTS_DEDUPE_TTL_SECONDS", {"GRIMBOTS_DEDUPE_TTL_SECONDS": "-5"}),
@@ -125,7 +130,7 @@ def test_psp_is_optional_but_all_or_nothing():
     base = {
         "GRIMBOTS_DATABASE_URL": "sqlite:////tmp/x.db",
         "GRIMBOTS_REDIS_URL": "redis://127.0.0.1:6379/0",
-        "GRIMBOTS_ADMIN_TOKEN": "x" * 20,
+        "GRIMBOTS_ADMIN_TOKEN": "x" * 40,
     }
     assert load_settings(base).pix is None
     with pytest.raises(SettingsError, match=r"GRIMBOTS_PIX_.* is required"):

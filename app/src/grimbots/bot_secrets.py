@@ -6,6 +6,8 @@ secret, then `set-webhook`), so each process keeps them for POSITIVE_TTL seconds
 rotated secret is honoured within that time (until then Telegram gets 403 and retries).
 Unknown ids are remembered for NEGATIVE_TTL seconds so a flood of bogus ids costs one
 query per id per few seconds, not one per request, and a new bot works almost at once.
+Known and unknown ids live apart: walking through every integer id fills (and clears)
+only the bounded unknown side, never evicting the real bots.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from grimbots.models import Bot
 
 POSITIVE_TTL = 30.0
 NEGATIVE_TTL = 5.0
-MAX_ENTRIES = 10_000  # bounds memory if someone walks through every integer id
+MAX_UNKNOWN = 10_000  # bounds memory if someone walks through every integer id
 
 
 class BotSecretCache:
@@ -29,21 +31,28 @@ class BotSecretCache:
     ):
         self._load = load
         self._clock = clock
-        # bot_id -> (expires_at, secret or None). Plain dict reads/writes are atomic in
-        # CPython, so gthread workers share it without a lock; a race costs one extra query.
-        self._entries: dict[int, tuple[float, str | None]] = {}
+        # bot_id -> (expires_at, secret) and bot_id -> expires_at. Plain dict reads/writes
+        # are atomic in CPython, so workers share them without a lock; a race costs a query.
+        self._known: dict[int, tuple[float, str]] = {}
+        self._unknown: dict[int, float] = {}
 
     def get(self, bot_id: int) -> str | None:
         """The bot's webhook secret, or None for an unknown bot. Raises if the DB is down."""
         now = self._clock()
-        entry = self._entries.get(bot_id)
-        if entry is not None and entry[0] > now:
-            return entry[1]
+        known = self._known.get(bot_id)
+        if known is not None and known[0] > now:
+            return known[1]
+        if self._unknown.get(bot_id, 0.0) > now:
+            return None
         secret = self._load(bot_id)
-        if len(self._entries) >= MAX_ENTRIES:
-            self._entries.clear()
-        ttl = POSITIVE_TTL if secret is not None else NEGATIVE_TTL
-        self._entries[bot_id] = (now + ttl, secret)
+        if secret is None:
+            if len(self._unknown) >= MAX_UNKNOWN:
+                self._unknown.clear()
+            self._unknown[bot_id] = now + NEGATIVE_TTL
+            self._known.pop(bot_id, None)
+        else:
+            self._known[bot_id] = (now + POSITIVE_TTL, secret)
+            self._unknown.pop(bot_id, None)
         return secret
 
 

@@ -57,10 +57,17 @@ def bots() -> None:
 
 @bots.command("add")
 @click.option("--name", required=True)
-@click.option("--token", required=True, help="Bot API token from @BotFather")
-@click.option("--secret", default=None, help="webhook secret (default: random, or keep)")
+@click.option(
+    "--credentials",
+    "credentials_file",
+    type=click.File("r"),
+    required=True,
+    help='JSON {"token": "...", "secret": "..."} in a file, or "-" for stdin: the Bot API '
+    "token from @BotFather and the webhook secret (optional: random, or kept). Never on "
+    "the command line, where every user of the host can read them.",
+)
 @click.option("--welcome", default=None, help="text sent on /start")
-def bots_add(name: str, token: str, secret: str | None, welcome: str | None) -> None:
+def bots_add(name: str, credentials_file, welcome: str | None) -> None:
     """Create a bot, idempotent by name. Prints {"id", "created", "updated"}.
 
     An existing bot keeps its values unless new ones are given; "updated" says whether
@@ -68,10 +75,7 @@ def bots_add(name: str, token: str, secret: str | None, welcome: str | None) -> 
     """
     from grimbots.models import Bot
 
-    if secret is not None and not _valid_secret(secret):
-        raise click.BadParameter(
-            "1-256 characters of A-Z, a-z, 0-9, _ and -", param_hint="--secret"
-        )
+    token, secret = _credentials(credentials_file.read())
     services = _services()
     with services.db.session() as session:
         bot = session.scalar(select(Bot).where(Bot.name == name))
@@ -94,6 +98,24 @@ def bots_add(name: str, token: str, secret: str | None, welcome: str | None) -> 
                     changed = True
             result = {"id": bot.id, "created": False, "updated": changed}
     _print_json(result)
+
+
+def _credentials(text: str) -> tuple[str, str | None]:
+    """(token, secret or None) from --credentials; a clear error, never the values."""
+    try:
+        given = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        raise click.BadParameter("not JSON", param_hint="--credentials") from None
+    token = given.get("token") if isinstance(given, dict) else None
+    if not isinstance(token, str) or not token.strip():
+        raise click.BadParameter('needs "token", the Bot API token', param_hint="--credentials")
+    secret = given.get("secret")
+    if secret is not None and (not isinstance(secret, str) or not _valid_secret(secret)):
+        raise click.BadParameter(
+            '"secret" must be 1-256 characters of A-Z, a-z, 0-9, _ and -',
+            param_hint="--credentials",
+        )
+    return token.strip(), secret
 
 
 def _valid_secret(secret: str) -> bool:

@@ -27,7 +27,14 @@ from grimbots.settings import Settings
 
 log = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 1024 * 1024
+# Telegram's largest real update: a message of 4,096 characters (up to 24 KiB as JSON with
+# \uXXXX escapes) quoting another of the same size, with entities, a reply markup and a
+# caption; 256 KiB holds it several times over. Bigger bodies are refused before reading.
+MAX_BODY_BYTES = 256 * 1024
+# bots.id is a 32-bit integer in PostgreSQL (SQLite: 64-bit); Telegram's update_id is
+# stored as a 64-bit one. Values outside are refused before any lookup or write.
+MAX_BOT_ID = 2**31 - 1
+MAX_UPDATE_ID = 2**63 - 1
 PROCESS_UPDATE = "grimbots.jobs.updates.process_update"
 JSON_HEADERS = [("Content-Type", "application/json")]
 
@@ -46,9 +53,13 @@ def error_answer(status: int, message: str) -> Answer:
 
 
 NOT_FOUND = error_answer(404, "unknown bot")
+MALFORMED_BODY = error_answer(400, "malformed body")
 FORBIDDEN = error_answer(403, "bad secret token")
 TOO_LARGE = error_answer(413, "body too large")
 UNAVAILABLE = error_answer(503, "temporarily unavailable, retry")
+# One bot's flood must not starve the others: past its admission limit per second an update
+# is refused, and Telegram delivers it again later (it retries every answer but a 2xx).
+OVER_LIMIT = error_answer(429, "too many updates for this bot, retry")
 
 
 def read_body(
@@ -57,18 +68,22 @@ def read_body(
     """(body, None, "") or (b"", the refusal, its reason) for a body over `limit` bytes.
 
     Checks the declared size before reading, and never reads more than the cap + 1 (a
-    chunked body has no Content-Length).
+    chunked body has no Content-Length). A body the server cannot read (broken chunked
+    framing, a client gone mid-body) is the client's fault: 400, never a 500.
     """
     if content_length:
         try:
             declared = int(content_length)
         except ValueError:
             return b"", error_answer(400, "bad Content-Length"), "bad_request"
+        if declared < 0:
+            return b"", error_answer(400, "bad Content-Length"), "bad_request"
         if declared > limit:
             return b"", TOO_LARGE, "too_large"
-        body = read(declared)
-    else:
-        body = read(limit + 1)
+    try:
+        body = read(declared if content_length else limit + 1)
+    except Exception:  # the server's own parse errors (gunicorn's, Werkzeug's) differ
+        return b"", MALFORMED_BODY, "malformed_body"
     if len(body) > limit:
         return b"", TOO_LARGE, "too_large"
     return body, None, ""
@@ -87,6 +102,7 @@ class TelegramIngest:
         )
         self._redis = FastScriptClient(settings, self._lua)
         self._queue_key = f"rq:queue:{TASKS}"
+        self._admission_limit = settings.bot_admission_per_second
 
     def handle(
         self,
@@ -100,6 +116,8 @@ class TelegramIngest:
         return answer
 
     def _handle(self, bot_id, secret_header, content_length, read) -> tuple[Answer, str, str]:
+        if not 0 < bot_id <= MAX_BOT_ID:  # no such bot can exist: not even a lookup
+            return NOT_FOUND, "rejected", "unknown_bot"
         try:
             secret = self._secrets.get(bot_id)
         except Exception:
@@ -124,7 +142,8 @@ class TelegramIngest:
         if not isinstance(update, dict):
             return error_answer(400, "body is not a JSON object"), "rejected", "not_object"
         update_id = update.get("update_id")
-        if type(update_id) is not int or update_id < 0:  # bool is an int subclass: exclude
+        # bool is an int subclass: exclude it
+        if type(update_id) is not int or not 0 <= update_id <= MAX_UPDATE_ID:
             return (
                 error_answer(400, "update_id missing or not an integer"),
                 "rejected",
@@ -140,6 +159,7 @@ class TelegramIngest:
                     f"rq:job:{job_id}",
                     self._queue_key,
                     "rq:queues",
+                    f"grimbots:admitted:{bot_id}:{int(time.time())}",
                 ],
                 args=[
                     self._dedupe_ttl,
@@ -147,6 +167,7 @@ class TelegramIngest:
                     self._jobs.timestamp(),
                     data,
                     f"telegram update {bot_id}:{update_id}",
+                    self._admission_limit,
                 ],
             )
         except redis.RedisError as exc:
@@ -159,8 +180,10 @@ class TelegramIngest:
                 error=type(exc).__name__,
             )
             return UNAVAILABLE, "rejected", "unavailable"
-        if accepted:
+        if accepted == 1:
             return OK, "accepted", ""
+        if accepted < 0:
+            return OVER_LIMIT, "rejected", "over_limit"
         return OK, "duplicate", ""
 
 

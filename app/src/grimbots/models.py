@@ -231,6 +231,11 @@ class PaymentEvent(Base):
     amount_mismatch: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
     late: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
     unknown_txid: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    # Listed by the PSP's own charge status (GET /cob): only such an event moves money. A
+    # callback is recorded unconfirmed, then confirmed (or not) by asking the PSP.
+    psp_confirmed: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    # The callback claimed another amount than the PSP's record of the same PIX.
+    callback_mismatch: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
     # What processing made of it: confirmed, late, duplicate, amount_mismatch, ...
     outcome: Mapped[str | None] = mapped_column(String(32))
     received_at: Mapped[datetime] = _created_at()

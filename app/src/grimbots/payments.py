@@ -17,9 +17,19 @@ and the buyer gets access, like any payment; the status `paid_late` and the even
 operator can review it (an expiry that raced the payment is the usual cause). It is counted
 once, like any payment: only the compare-and-set winner counts it.
 
-Amount mismatch (decision): never paid. The event is flagged and the pending payment moves
-to failed with the reason (an API Pix charge cannot be paid twice, so it would never be
-paid right): the buyer can tap "buy" again and an operator refunds the odd amount.
+Confirmed by the PSP (decision): a callback is a hint, never proof. Its notices are stored
+unconfirmed; only an event the PSP's own charge status lists (GET /cob/{txid}: CONCLUIDA,
+this endToEndId among its `pix`) is `psp_confirmed`, and apply_event moves money on those
+alone (grimbots.jobs.webhook asks the PSP first). A callback the PSP does not confirm is
+kept with outcome `not_confirmed` and pays nothing; if the PSP lists the same PIX later
+(the reconciliation asks again), the event is re-opened confirmed and applied then. A
+callback that names a real PIX with another amount is flagged callback_mismatch, and the
+PSP's amount is what counts.
+
+Amount mismatch (decision): never paid. When the PSP confirms a PIX of another amount than
+the charge, the event is flagged and the pending payment moves to failed with the reason
+(an API Pix charge cannot be paid twice, so it would never be paid right): the buyer can
+tap "buy" again and an operator refunds the odd amount.
 A PIX whose txid we do not know is kept, flagged unknown_txid, and pays nothing.
 """
 
@@ -209,7 +219,12 @@ def record_notice(
 
 
 def record_status_payment(db: Database, provider: str, txid: str, pix: PixPayment) -> int:
-    """A PIX found by asking the PSP about a charge: the same row its callback would make."""
+    """A PIX the PSP's charge status lists: recorded confirmed, or its callback's row
+    (same endToEndId) confirmed and, if it was refused as not confirmed, re-opened.
+
+    The PSP's amount and time replace what a callback claimed; a claim that differed is
+    flagged callback_mismatch.
+    """
     raw = orjson.dumps(
         {
             "endToEndId": pix.end_to_end_id,
@@ -219,10 +234,55 @@ def record_status_payment(db: Database, provider: str, txid: str, pix: PixPaymen
             "source": "charge status",
         }
     )
-    notice = PaymentNotice(pix.end_to_end_id, txid, pix.amount_cents, pix.paid_at)
     with db.session() as session:
-        event_id, _ = record_notice(session, provider, notice, raw, "reconcile")
-    return event_id
+        insert = insert_for(session)
+        statement = insert(PaymentEvent).values(
+            provider=provider,
+            event_key=pix.end_to_end_id,
+            source="reconcile",
+            txid=txid,
+            amount_cents=pix.amount_cents,
+            paid_at=utc(pix.paid_at),
+            raw_body=raw.decode(),
+            psp_confirmed=True,
+        )
+        session.execute(
+            statement.on_conflict_do_update(
+                index_elements=["provider", "event_key"],
+                set_={
+                    "psp_confirmed": True,
+                    "callback_mismatch": PaymentEvent.amount_cents
+                    != statement.excluded.amount_cents,
+                    "amount_cents": statement.excluded.amount_cents,
+                    "paid_at": statement.excluded.paid_at,
+                    "processed_at": None,
+                    "outcome": None,
+                },
+                # Only rows not confirmed yet: unprocessed callbacks, or ones refused as
+                # not confirmed. A processed confirmed event is never touched again.
+                where=PaymentEvent.psp_confirmed.is_(False),
+            )
+        )
+        return session.scalar(
+            select(PaymentEvent.id).where(
+                PaymentEvent.provider == provider, PaymentEvent.event_key == pix.end_to_end_id
+            )
+        )
+
+
+def txid_to_confirm(db: Database, event_id: int) -> str | None:
+    """The txid to ask the PSP about, for an event not confirmed nor processed yet that
+    names one of our charges; None when there is nothing to ask."""
+    with db.session() as session:
+        return session.scalar(
+            select(PaymentEvent.txid)
+            .join(Payment, Payment.txid == PaymentEvent.txid)
+            .where(
+                PaymentEvent.id == event_id,
+                PaymentEvent.psp_confirmed.is_(False),
+                PaymentEvent.processed_at.is_(None),
+            )
+        )
 
 
 def unprocessed_events(
@@ -247,7 +307,8 @@ def unprocessed_events(
 class Settled:
     """What applying one event did. `won` is true for exactly one caller per payment."""
 
-    # confirmed, late, duplicate, amount_mismatch, unknown_txid, ignored, already_processed
+    # confirmed, late, duplicate, amount_mismatch, not_confirmed, unknown_txid, ignored,
+    # already_processed
     outcome: str
     provider: str
     payment_id: uuid.UUID | None
@@ -256,7 +317,10 @@ class Settled:
 
 
 def apply_event(db: Database, event_id: int) -> Settled:
-    """Apply a recorded PIX to its payment (the compare-and-set), once per event."""
+    """Apply a recorded PIX to its payment (the compare-and-set), once per event.
+
+    Only an event the PSP confirmed moves money; any other is `not_confirmed`.
+    """
     with db.session() as session:
         event = session.get(PaymentEvent, event_id)
         if event is None:
@@ -274,6 +338,8 @@ def apply_event(db: Database, event_id: int) -> Settled:
         paid_at = event.paid_at or func.now()
         if payment is None:
             outcome, flags = "unknown_txid", {"unknown_txid": True}
+        elif not event.psp_confirmed:
+            outcome = "not_confirmed"
         elif event.amount_cents != payment.amount_cents:
             outcome, flags = "amount_mismatch", {"amount_mismatch": True}
             _fail(

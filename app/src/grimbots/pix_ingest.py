@@ -3,8 +3,11 @@
 Framework-free like grimbots.ingest. The PSP retries any answer but 2xx, so we answer 200
 only once every notice in the body is stored (one payment_events row per provider and
 endToEndId: a repeat is a no-op) and its job is queued on `webhook`. Storage down -> 503,
-never 200 while dropping. A wrong or missing signature stores nothing: 401, a WARNING
-audit line (provider, client address, size; never the body) and a metric.
+never 200 while dropping. A caller that fails authentication stores nothing: 401, a
+WARNING audit line (provider, client address, size; never the body) and a metric.
+The caller's client certificate (mutual TLS) is checked before the body is read, and the
+body is capped small (MAX_BODY_BYTES): nobody makes the app read a megabyte unasked.
+Storing a notice proves nothing: the `webhook` job asks the PSP before money moves.
 """
 
 from __future__ import annotations
@@ -26,7 +29,9 @@ from grimbots.services import Services
 log = logging.getLogger(__name__)
 
 UNKNOWN_PROVIDER = error_answer(404, "unknown payment provider")
-UNAUTHORIZED = error_answer(401, "bad or missing signature")
+UNAUTHORIZED = error_answer(401, "not authenticated (client certificate or signature)")
+# A callback carries one notice per PIX, about 300 bytes each: 64 KiB holds 200 of them.
+MAX_BODY_BYTES = 64 * 1024
 
 
 class PixIngest:
@@ -50,24 +55,40 @@ class PixIngest:
         adapter = self._services.pix
         if adapter is None or provider != adapter.provider:
             return UNKNOWN_PROVIDER, "rejected", "unknown_provider"
-        body, refused, reason = read_body(content_length, read)
-        if refused is not None:
-            return refused, "rejected", reason
         try:
-            notices = adapter.parse_notification(headers, body)
-        except NotificationUnauthorized:
+            adapter.verify_client(headers)
+            body, refused, reason = read_body(content_length, read, MAX_BODY_BYTES)
+            if refused is not None:
+                return refused, "rejected", reason
+            callback = adapter.parse_notification(headers, body)
+        except NotificationUnauthorized as exc:
             metrics.PIX_WEBHOOK_AUTH_FAILURES.labels(provider).inc()
             event(
                 log,
                 logging.WARNING,
-                "audit: PSP callback refused, bad or missing signature",
+                "audit: PSP callback refused, not authenticated",
                 provider=provider,
                 client=client,
-                bytes=len(body),
+                failed=exc.reason,
+                bytes=content_length,
             )
-            return UNAUTHORIZED, "rejected", "signature"
+            return UNAUTHORIZED, "rejected", exc.reason.replace(" ", "_")
         except NotificationRejected as exc:
             return error_answer(400, exc.reason), "rejected", "malformed"
+        notices = callback.notices
+        if callback.rejected:
+            metrics.PIX_WEBHOOK.labels(provider, "rejected", "malformed_entry").inc(
+                len(callback.rejected)
+            )
+            event(
+                log,
+                logging.WARNING,
+                "PSP callback entries refused, the others taken",
+                provider=provider,
+                refused=len(callback.rejected),
+                taken=len(notices),
+                reasons="; ".join(callback.rejected[:5]),
+            )
 
         try:
             with self._services.db.session() as session:

@@ -19,7 +19,9 @@ if TYPE_CHECKING:
 
 PREFIX = "GRIMBOTS_"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-MIN_ADMIN_TOKEN_LENGTH = 16
+MIN_ADMIN_TOKEN_LENGTH = 32
+# The example vault's values start with this: a copy deployed unedited must not start.
+PLACEHOLDER = "change-me"
 
 
 class SettingsError(Exception):
@@ -42,6 +44,14 @@ class Settings:
     telegram_read_timeout: float = 10.0
     log_level: str = "INFO"
     dedupe_ttl_seconds: int = 86400
+    # Updates one bot may have accepted per second (0: no limit). Telegram itself lets a
+    # bot send about 30 messages a second: a bot receiving far more cannot answer them in
+    # time anyway, and must not fill the queue ahead of every other bot.
+    bot_admission_per_second: int = 100
+    # The operator listener's port: /admin and /metrics (revenue) are served there only,
+    # never on the public one that Telegram and the PSP reach. None: one listener for all
+    # (a single process in development or tests).
+    ops_port: int | None = None
     # /health says degraded when a job has sat in RQ's failed registry this long (grimbots.health).
     health_failed_job_seconds: int = 600
     # None when no GRIMBOTS_PIX_* variable is set: the Telegram side runs, and a "buy"
@@ -82,6 +92,24 @@ def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
     if value <= 0:
         raise SettingsError(f"{PREFIX}{name} must be greater than 0, got {value}")
     return value
+
+
+def _non_negative_int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = _get(env, name)
+    if raw is None:
+        return default
+    if not raw.isascii() or not raw.isdigit():
+        raise SettingsError(f"{PREFIX}{name} must be a whole number >= 0, got {raw!r}")
+    return int(raw)
+
+
+def _port(env: Mapping[str, str], name: str) -> int | None:
+    raw = _get(env, name)
+    if raw is None:
+        return None
+    if not raw.isascii() or not raw.isdigit() or not 0 < int(raw) < 65536:
+        raise SettingsError(f"{PREFIX}{name} must be a TCP port (1-65535), got {raw!r}")
+    return int(raw)
 
 
 def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
@@ -163,9 +191,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         raise SettingsError(f"{PREFIX}REDIS_DB must be a whole number >= 0, got {redis_db_raw!r}")
 
     admin_token = _require(env, "ADMIN_TOKEN")
-    if len(admin_token) < MIN_ADMIN_TOKEN_LENGTH:
+    if len(admin_token) < MIN_ADMIN_TOKEN_LENGTH or PLACEHOLDER in admin_token:
         raise SettingsError(
-            f"{PREFIX}ADMIN_TOKEN must be at least {MIN_ADMIN_TOKEN_LENGTH} characters long"
+            f"{PREFIX}ADMIN_TOKEN must be at least {MIN_ADMIN_TOKEN_LENGTH} characters long "
+            f"and not the example vault's {PLACEHOLDER!r} placeholder"
         )
 
     api_url = _get(env, "TELEGRAM_API_URL") or "https://api.telegram.org"
@@ -191,6 +220,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         log_level=log_level,
         dedupe_ttl_seconds=_positive_int(env, "DEDUPE_TTL_SECONDS", 86400),
         health_failed_job_seconds=_positive_int(env, "HEALTH_FAILED_JOB_SECONDS", 600),
+        bot_admission_per_second=_non_negative_int(env, "BOT_ADMISSION_PER_SECOND", 100),
+        ops_port=_port(env, "OPS_PORT"),
     )
 
 

@@ -10,4 +10,4 @@ from grimbots.web.fast_webhook import FastWebhook
 settings = load_settings_or_exit()
 configure_logging(settings.log_level)
 flask_app = create_app(settings)
-app = FastWebhook(flask_app, ingest_of(flask_app))
+app = FastWebhook(flask_app, ingest_of(flask_app), settings.ops_port)

@@ -35,7 +35,7 @@ from grimbots.jobs.messages import deliver
 from grimbots.jobs.webhook import settle
 from grimbots.logs import event
 from grimbots.models import Lead, Offer, Payment
-from grimbots.pix import ATIVA, ChargeStatus
+from grimbots.pix import ATIVA, ChargeStatus, PspUnavailable
 from grimbots.queues import GATEWAY, get_queue
 from grimbots.services import Services, get_services
 
@@ -51,10 +51,6 @@ EXPIRY_GRACE = timedelta(minutes=10)
 
 PAYMENTS_UNAVAILABLE = "Sorry, payments are not available right now. Please try again later."
 CHARGE_REFUSED = "Sorry, we could not create your PIX payment. Please tap the offer again later."
-
-
-class PspUnavailable(Exception):
-    """The PSP did not answer (or not readably): RQ retries the job later."""
 
 
 def charge_job_id(bot_id: int, update_id: int) -> str:

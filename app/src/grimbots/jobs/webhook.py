@@ -1,4 +1,11 @@
-"""Jobs on the `webhook` queue: apply one PSP event (a reported PIX) to its payment."""
+"""Jobs on the `webhook` queue: apply one PSP event (a reported PIX) to its payment.
+
+A callback is a hint: before its event can move money the job asks the PSP for the
+charge (API Pix GET /cob/{txid}) and records what the PSP itself lists as paid
+(grimbots.payments.record_status_payment). A PSP that does not answer makes the job raise
+PspUnavailable, and RQ runs it again later (EVENT_RETRY, then the maintenance sweep):
+nothing is paid meanwhile.
+"""
 
 from __future__ import annotations
 
@@ -13,12 +20,13 @@ from grimbots import metrics, payments
 from grimbots.jobs import current_job_id, tracked
 from grimbots.jobs.messages import deliver
 from grimbots.logs import event
+from grimbots.pix import PspUnavailable
 from grimbots.services import Services, get_services
 
 log = logging.getLogger(__name__)
 
 
-# A job that failed (say the database was away) is run again after these delays.
+# A job that failed (the database or the PSP was away) is run again after these delays.
 EVENT_RETRY = Retry(max=5, interval=[1, 5, 30, 60, 300])
 
 
@@ -56,12 +64,32 @@ def process_payment_event(event_id: int) -> str:
     return settle(get_services(), event_id)
 
 
+def confirm_with_psp(services: Services, event_id: int) -> None:
+    """Ask the PSP about the charge an unconfirmed event names, and record every PIX the
+    PSP lists for it as confirmed (the event's own, if the PSP knows it; and any the
+    callback did not name, which are settled here too)."""
+    txid = payments.txid_to_confirm(services.db, event_id)
+    if txid is None or services.pix is None:
+        return  # confirmed already (or processed), or not one of our charges
+    status = services.pix.charge_status(txid)
+    if status.outcome == "transient":
+        raise PspUnavailable(f"charge status of {txid}: {status.description}")
+    if not status.ok:  # 404 or refused: the PSP vouches for nothing
+        return
+    for pix in status.value.payments if status.value.is_paid else ():
+        listed = payments.record_status_payment(services.db, services.pix.provider, txid, pix)
+        if listed != event_id:
+            settle(services, listed)
+
+
 def settle(services: Services, event_id: int) -> str:
-    """Apply the event (compare-and-set), count what the winner won, send the delivery.
+    """Confirm the event with the PSP, apply it (compare-and-set), count what the winner
+    won, send the delivery.
 
     Shared by the webhook job and the reconciliation job, so both confirm a payment the
     same way. Safe to run any number of times, concurrently: the database decides.
     """
+    confirm_with_psp(services, event_id)
     result = payments.apply_event(services.db, event_id)
     fields = {
         "event_id": event_id,
@@ -89,7 +117,7 @@ def settle(services: Services, event_id: int) -> str:
             event(
                 log, logging.INFO, "payment confirmed", amount_cents=result.amount_cents, **fields
             )
-    elif result.outcome in ("amount_mismatch", "unknown_txid", "ignored"):
+    elif result.outcome in ("amount_mismatch", "not_confirmed", "unknown_txid", "ignored"):
         event(
             log,
             logging.ERROR,

@@ -22,6 +22,7 @@ from grimbots.pix.adapter import (
     PixAdapter,
     PixPayment,
     PixResult,
+    PspUnavailable,
 )
 from grimbots.pix.api_pix import ApiPixAdapter
 from grimbots.pix.money import InvalidAmount, brl_label, cents_from_valor, valor_from_cents
@@ -46,6 +47,7 @@ __all__ = [
     "PixPayment",
     "PixResult",
     "PixSettings",
+    "PspUnavailable",
     "brl_label",
     "cents_from_valor",
     "is_valid_txid",

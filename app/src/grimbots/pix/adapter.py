@@ -101,6 +101,18 @@ class PaymentNotice:
 
 
 @dataclass(frozen=True)
+class Callback:
+    """What one PSP callback body holds: the notices that parsed, and why others did not.
+
+    One malformed entry never holds back the valid ones of the same body: those are
+    recorded, the rest reported (money moves only on what the PSP confirms anyway, and the
+    reconciliation asks about every charge still pending)."""
+
+    notices: list[PaymentNotice]
+    rejected: list[str]
+
+
+@dataclass(frozen=True)
 class PixResult(Generic[T]):
     outcome: Outcome
     value: T | None = None
@@ -114,6 +126,10 @@ class PixResult(Generic[T]):
     @property
     def not_found(self) -> bool:
         return self.outcome == "rejected" and self.status_code == 404
+
+
+class PspUnavailable(Exception):
+    """The PSP did not answer (or not readably): the job raising it is retried later."""
 
 
 class NotificationRejected(Exception):
@@ -155,6 +171,12 @@ class PixAdapter(Protocol):
 
     def charge_status(self, txid: str) -> PixResult[ChargeStatus]: ...
 
-    def parse_notification(self, headers: Mapping[str, str], body: bytes) -> list[PaymentNotice]:
-        """Authenticate then parse a callback; raise NotificationRejected (a subclass)."""
+    def verify_client(self, headers: Mapping[str, str]) -> None:
+        """Check the caller before its body is read (mutual TLS, as the TLS terminator in
+        front reports it); raise NotificationUnauthorized. A no-op when not configured."""
+        ...
+
+    def parse_notification(self, headers: Mapping[str, str], body: bytes) -> Callback:
+        """Authenticate (signature) then parse a callback; raise NotificationRejected (a
+        subclass) when nothing in it can be taken."""
         ...

@@ -22,14 +22,14 @@ import httpx
 import orjson
 
 from grimbots.pix.adapter import (
+    Callback,
     Charge,
     ChargeStatus,
-    PaymentNotice,
     PixPayment,
     PixResult,
 )
 from grimbots.pix.money import InvalidAmount, cents_from_valor, valor_from_cents
-from grimbots.pix.notifications import parse_notification
+from grimbots.pix.notifications import parse_notification, parse_timestamp, verify_client
 from grimbots.pix.settings import PixSettings
 from grimbots.pix.txid import is_valid_txid
 
@@ -55,12 +55,10 @@ class _Unreadable(ValueError):
 
 
 def _timestamp(value: object) -> datetime:
-    if not isinstance(value, str):
-        raise _Unreadable("calendario.criacao missing")
     try:
-        return datetime.fromisoformat(value)
+        return parse_timestamp(value)
     except ValueError:
-        raise _Unreadable("calendario.criacao is not a timestamp") from None
+        raise _Unreadable(f"not an RFC 3339 timestamp of this century: {value!r:.40}") from None
 
 
 def _amount(body: dict[str, Any]) -> int:
@@ -327,6 +325,12 @@ class ApiPixAdapter:
         except (_Unreadable, ValueError) as exc:
             return PixResult("transient", None, 200, f"unreadable: {exc}")
 
-    def parse_notification(self, headers: Mapping[str, str], body: bytes) -> list[PaymentNotice]:
-        """Check X-Pix-Signature against our webhook secret, then parse the callback."""
+    def verify_client(self, headers: Mapping[str, str]) -> None:
+        """The PSP's client certificate, as the TLS terminator verified it (if configured)."""
+        verify_client(
+            headers, self._settings.client_cert_header, self._settings.client_cert_subjects
+        )
+
+    def parse_notification(self, headers: Mapping[str, str], body: bytes) -> Callback:
+        """Check X-Pix-Signature against our webhook secret (if set), then parse."""
         return parse_notification(headers, body, self._settings.webhook_secret)

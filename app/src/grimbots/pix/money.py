@@ -9,9 +9,9 @@ from __future__ import annotations
 import re
 from decimal import Decimal
 
-# API Pix allows up to 10 integer digits and exactly 2 decimals ("\d{1,10}\.\d{2}"); we also
-# accept 0 or 1 decimals ("12", "12.5") from a lenient sender, never 3 or more.
-_VALOR = re.compile(r"\d{1,10}(?:\.\d{1,2})?")
+# API Pix: up to 10 integer digits and exactly 2 decimals ("\d{1,10}\.\d{2}"), and only ASCII
+# digits are money: Python's \d also matches Arabic-Indic or fullwidth digits.
+_VALOR = re.compile(r"[0-9]{1,10}\.[0-9]{2}")
 MAX_CENTS = 9_999_999_999_99
 
 
@@ -20,7 +20,7 @@ class InvalidAmount(ValueError):
 
 
 def cents_from_valor(valor: object) -> int:
-    """'12.34' -> 1234. Rejects non-strings, negatives, exponents and more than 2 decimals."""
+    """'12.34' -> 1234. Rejects anything but ASCII digits, a dot and exactly 2 decimals."""
     if not isinstance(valor, str) or not _VALOR.fullmatch(valor):
         raise InvalidAmount(f"valor must look like '12.34', got {valor!r}")
     cents = Decimal(valor) * 100

@@ -1,8 +1,11 @@
 """API Pix webhook callbacks: authenticate, then parse into PaymentNotice objects.
 
 The callback body is {"pix": [{"endToEndId", "txid", "valor", "horario", "infoPagador"}]}.
-Real PSPs authenticate callbacks with mutual TLS, which ends at the load balancer, out of
-the app's sight. We add a shared secret the app can check itself: the sender signs the raw
+The API Pix standard authenticates the PSP's calls with mutual TLS, which ends at the TLS
+terminator in front (HAProxy): it verifies the PSP's client certificate and passes the
+verified subject in a header (verify_client; GRIMBOTS_PIX_CLIENT_CERT_HEADER and an
+optional allow-list of subjects). No real PSP sends our HMAC header: it is an optional
+second factor for PSPs that sign, and the lab's stand-in does: the sender signs the raw
 body with HMAC-SHA256 and sends `X-Pix-Signature: sha256=<hex digest>`. The signature is
 checked before the body is parsed, with a constant-time comparison.
 """
@@ -18,7 +21,12 @@ from typing import Any
 
 import orjson
 
-from grimbots.pix.adapter import NotificationMalformed, NotificationUnauthorized, PaymentNotice
+from grimbots.pix.adapter import (
+    Callback,
+    NotificationMalformed,
+    NotificationUnauthorized,
+    PaymentNotice,
+)
 from grimbots.pix.money import InvalidAmount, cents_from_valor
 
 SIGNATURE_HEADER = "X-Pix-Signature"
@@ -54,16 +62,37 @@ def verify_signature(headers: Mapping[str, str], body: bytes, secret: str) -> No
         raise NotificationUnauthorized("signature")
 
 
-def _paid_at(value: object) -> datetime:
+# A PIX happens now-ish: a time outside these years is a malformed field, and one near the
+# ends of datetime's range (year 1, 9999) cannot even be moved to UTC.
+EARLIEST, LATEST = datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC)
+
+
+def parse_timestamp(value: object) -> datetime:
+    """An API Pix RFC 3339 time as an aware UTC datetime; ValueError if it is not one.
+
+    RFC 3339 requires an offset; a sender that leaves it out almost surely means UTC, and
+    the time is informative only (amounts and ids decide), so it is taken as UTC.
+    """
     if not isinstance(value, str):
-        raise NotificationMalformed("malformed: horario must be an RFC 3339 timestamp")
+        raise ValueError("not a string")
+    moment = datetime.fromisoformat(value)
+    moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
     try:
-        moment = datetime.fromisoformat(value)
+        moment = moment.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("out of range") from None
+    if not EARLIEST <= moment < LATEST:
+        raise ValueError("out of range")
+    return moment
+
+
+def _paid_at(value: object) -> datetime:
+    try:
+        return parse_timestamp(value)
     except ValueError:
-        raise NotificationMalformed("malformed: horario must be an RFC 3339 timestamp") from None
-    # RFC 3339 requires an offset; a sender that leaves it out almost surely means UTC, and
-    # the time is informative only (amounts and ids decide), so we accept it as UTC.
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+        raise NotificationMalformed(
+            "malformed: horario must be an RFC 3339 timestamp of this century"
+        ) from None
 
 
 def _notice(item: Any, index: int) -> PaymentNotice:
@@ -96,10 +125,11 @@ def _notice(item: Any, index: int) -> PaymentNotice:
     )
 
 
-def parse_body(body: bytes) -> list[PaymentNotice]:
-    """Parse an (already authenticated) API Pix callback body; all items or none.
+def parse_body(body: bytes) -> Callback:
+    """Parse an (already authenticated) API Pix callback body, entry by entry.
 
-    An empty list is valid (some PSPs send one to test a newly registered webhook).
+    An empty list is valid (some PSPs send one to test a newly registered webhook). A body
+    that is not {"pix": [...]}, or whose every entry is malformed, is refused whole.
     """
     try:
         document = orjson.loads(body)
@@ -107,9 +137,31 @@ def parse_body(body: bytes) -> list[PaymentNotice]:
         raise NotificationMalformed("malformed: body is not JSON") from None
     if not isinstance(document, dict) or not isinstance(document.get("pix"), list):
         raise NotificationMalformed('malformed: body must be {"pix": [...]}')
-    return [_notice(item, index) for index, item in enumerate(document["pix"])]
+    notices, rejected = [], []
+    for index, item in enumerate(document["pix"]):
+        try:
+            notices.append(_notice(item, index))
+        except NotificationMalformed as exc:
+            rejected.append(exc.reason)
+    if rejected and not notices:
+        raise NotificationMalformed(rejected[0])
+    return Callback(notices, rejected)
 
 
-def parse_notification(headers: Mapping[str, str], body: bytes, secret: str) -> list[PaymentNotice]:
-    verify_signature(headers, body, secret)
+def verify_client(
+    headers: Mapping[str, str], header: str | None, subjects: tuple[str, ...]
+) -> None:
+    """Mutual TLS, as the TLS terminator in front (HAProxy) reports it: it verifies the PSP's
+    client certificate against the PSP's CA, drops any such header a client sent, and puts
+    the verified subject in `header`. Without that header the caller is not the PSP."""
+    if header is None:
+        return
+    subject = (_header(headers, header) or "").strip()
+    if not subject or (subjects and subject not in subjects):
+        raise NotificationUnauthorized("client certificate")
+
+
+def parse_notification(headers: Mapping[str, str], body: bytes, secret: str | None) -> Callback:
+    if secret is not None:
+        verify_signature(headers, body, secret)
     return parse_body(body)

@@ -7,6 +7,7 @@ its value when it is a secret; entry points turn them into exit code 2.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -21,6 +22,7 @@ from grimbots.settings import (
 )
 
 MIN_WEBHOOK_SECRET_LENGTH = 16
+_HEADER_NAME = re.compile(r"[A-Za-z0-9-]{1,64}")
 DEFAULT_CHARGE_EXPIRY_SECONDS = 3600
 DEFAULT_READ_TIMEOUT_SECONDS = 10.0
 DEFAULT_RECONCILE_AFTER_SECONDS = 300
@@ -32,7 +34,13 @@ class PixSettings:
     client_id: str
     client_secret: str = field(repr=False)
     pix_key: str
-    webhook_secret: str = field(repr=False)
+    # How callbacks are authenticated, one or both: the HMAC of our own X-Pix-Signature
+    # header (a PSP that signs; the lab's stand-in), and mutual TLS as the TLS terminator
+    # in front reports it: the header carrying the verified client certificate's subject,
+    # and optionally the subjects allowed (the API Pix standard's way).
+    webhook_secret: str | None = field(default=None, repr=False)
+    client_cert_header: str | None = None
+    client_cert_subjects: tuple[str, ...] = ()
     charge_expiry_seconds: int = DEFAULT_CHARGE_EXPIRY_SECONDS
     read_timeout_seconds: float = DEFAULT_READ_TIMEOUT_SECONDS
     # Most PSPs serve OAuth at {base_url}/oauth/token; some on another host or path.
@@ -59,11 +67,26 @@ class PixSettings:
             urlsplit(token_url).scheme not in ("http", "https") or not urlsplit(token_url).hostname
         ):
             raise SettingsError(f"{PREFIX}PIX_TOKEN_URL must be an http(s) URL")
-        webhook_secret = _require(env, "PIX_WEBHOOK_SECRET")
-        if len(webhook_secret) < MIN_WEBHOOK_SECRET_LENGTH:
+        webhook_secret = _get(env, "PIX_WEBHOOK_SECRET")
+        if webhook_secret is not None and len(webhook_secret) < MIN_WEBHOOK_SECRET_LENGTH:
             raise SettingsError(
                 f"{PREFIX}PIX_WEBHOOK_SECRET must be at least "
                 f"{MIN_WEBHOOK_SECRET_LENGTH} characters long"
+            )
+        cert_header = _get(env, "PIX_CLIENT_CERT_HEADER")
+        if cert_header is not None and not _HEADER_NAME.fullmatch(cert_header):
+            raise SettingsError(f"{PREFIX}PIX_CLIENT_CERT_HEADER must be an HTTP header name")
+        subjects = tuple(
+            s.strip() for s in (_get(env, "PIX_CLIENT_CERT_SUBJECTS") or "").split("|") if s.strip()
+        )
+        if subjects and cert_header is None:
+            raise SettingsError(
+                f"{PREFIX}PIX_CLIENT_CERT_SUBJECTS needs {PREFIX}PIX_CLIENT_CERT_HEADER"
+            )
+        if webhook_secret is None and cert_header is None:
+            raise SettingsError(
+                f"{PREFIX}PIX_WEBHOOK_SECRET or {PREFIX}PIX_CLIENT_CERT_HEADER is required: "
+                "PSP callbacks must be authenticated (a signature, mutual TLS, or both)"
             )
         cert_file = _existing_file(env, "PIX_CLIENT_CERT_FILE")
         key_file = _existing_file(env, "PIX_CLIENT_KEY_FILE")
@@ -77,6 +100,8 @@ class PixSettings:
             client_secret=_require(env, "PIX_CLIENT_SECRET"),
             pix_key=_require(env, "PIX_KEY"),
             webhook_secret=webhook_secret,
+            client_cert_header=cert_header,
+            client_cert_subjects=subjects,
             charge_expiry_seconds=_positive_int(
                 env, "PIX_CHARGE_EXPIRY_SECONDS", DEFAULT_CHARGE_EXPIRY_SECONDS
             ),

@@ -14,7 +14,10 @@ Control:  GET    /_sandbox/calls[?endpoint=token|cob.put|cob.get&txid=]  oldest 
                  {"status_500": {"count": N},              API calls answer 500, unchanged
                   "slow": {"delay": S, "count": N},        API calls answer late (done first)
                   "token_failure": {"count": N, "status": 500},
-                  "revoke_tokens": true}                   issued tokens stop working (401)
+                  "revoke_tokens": true,                   issued tokens stop working (401)
+                  "lie": {TXID: {...} | null}}             GET /cob/TXID answers the charge
+                                                           with these fields changed (even
+                                                           with no such charge); null: truth
                  (as in the Telegram stand-in, a missing count is 1 for failures and every
                  call for slow; "count": null is every call)
           GET    /_sandbox/charges[?status=&txid=]   charges as GET /cob shows them
@@ -62,7 +65,7 @@ from grimbots.pix.notifications import SIGNATURE_HEADER, sign
 from grimbots.sandbox.http import JsonHandler, StandInServer
 
 _TXID = re.compile(r"[a-zA-Z0-9]{26,35}")
-_VALOR = re.compile(r"\d{1,10}\.\d{2}")
+_VALOR = re.compile(r"[0-9]{1,10}\.[0-9]{2}")  # ASCII digits only, like the app
 _ERROR_TYPE = "https://pix.bcb.gov.br/api/v2/error/"
 DEFAULT_EXPIRY = 86400  # API Pix default for calendario.expiracao
 
@@ -116,6 +119,8 @@ class PixSandboxState:
             self.slow_count: int | None = 0
             self.token_fail: int | None = 0
             self.token_fail_status = 500
+            # txid -> fields GET /cob shows instead of the truth (a PSP that lies, for tests).
+            self.lies: dict[str, dict[str, Any]] = {}
 
     def set_faults(self, spec: dict[str, Any]) -> None:
         with self.lock:
@@ -129,6 +134,11 @@ class PixSandboxState:
                 self.token_fail_status = int(spec["token_failure"].get("status", 500))
             if spec.get("revoke_tokens"):
                 self.tokens.clear()
+            for txid, fields in (spec.get("lie") or {}).items():
+                if fields is None:
+                    self.lies.pop(txid, None)
+                else:
+                    self.lies[txid] = dict(fields)
 
     @staticmethod
     def _take(count: int | None) -> tuple[bool, int | None]:
@@ -421,6 +431,11 @@ class Handler(JsonHandler):
     def _get_cob(self, txid: str) -> tuple[int, dict[str, Any]]:
         with self.state.lock:
             charge = self.state.charges.get(txid)
+            lie = self.state.lies.get(txid)
+            if lie is not None:
+                if charge is not None:
+                    self.state.expire_if_due(charge)
+                return 200, {**(cob_view(charge) if charge else {"txid": txid}), **lie}
             if charge is None:
                 return 404, _problem(
                     404, "CobNaoEncontrado", "Cobrança não encontrada.", f"no charge {txid}"

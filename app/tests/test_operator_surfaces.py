@@ -1,0 +1,48 @@
+"""/admin and /metrics (which shows revenue) live on the operator listener only; the public
+one, which Telegram and the PSP reach, answers them 404 (issue 12)."""
+
+from __future__ import annotations
+
+import httpx
+from conftest import ADMIN_TOKEN
+from support import GUNICORN, Process, free_port, port_open, wait_for
+
+
+def test_operator_paths_answer_only_on_the_operator_port(env, tmp_path, bot):
+    public, ops = free_port(), free_port()
+    proc = Process(
+        [
+            GUNICORN,
+            "-c",
+            "python:grimbots.gunicorn_conf",
+            "grimbots.wsgi:app",
+            "--bind",
+            f"127.0.0.1:{public}",
+            "--bind",
+            f"127.0.0.1:{ops}",
+            "--workers",
+            "1",
+        ],
+        env | {"GRIMBOTS_OPS_PORT": str(ops)},
+        tmp_path / "gunicorn.log",
+    )
+    try:
+        wait_for(lambda: port_open(public) and port_open(ops), timeout=20, message="gunicorn")
+        auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        for path in ("/metrics", "/admin/bots", "/admin/", "/metricsx"):
+            # Even a Host header naming the operator port changes nothing.
+            headers = auth | {"Host": f"127.0.0.1:{ops}"}
+            answer = httpx.get(f"http://127.0.0.1:{public}{path}", headers=headers)
+            assert answer.status_code == 404, (path, answer.text)
+        assert httpx.get(f"http://127.0.0.1:{ops}/metrics").status_code == 200
+        assert httpx.get(f"http://127.0.0.1:{ops}/admin/bots", headers=auth).status_code == 200
+        for port in (public, ops):
+            assert httpx.get(f"http://127.0.0.1:{port}/health").status_code in (200, 503)
+        update = httpx.post(
+            f"http://127.0.0.1:{public}/webhook/telegram/{bot.id}",
+            json={"update_id": 1},
+            headers={"X-Telegram-Bot-Api-Secret-Token": bot.secret},
+        )
+        assert update.status_code == 200
+    finally:
+        proc.stop()
