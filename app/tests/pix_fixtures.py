@@ -64,6 +64,7 @@ class Receiver(ThreadingHTTPServer):
         self.status = status
         self.lock = threading.Lock()
         self.requests: list[tuple[dict[str, str], bytes]] = []
+        self.request_paths: list[str] = []
         super().__init__(("127.0.0.1", 0), _ReceiverHandler)
         threading.Thread(
             target=self.serve_forever, args=(0.02,), name="pix-receiver", daemon=True
@@ -76,6 +77,10 @@ class Receiver(ThreadingHTTPServer):
     def received(self) -> list[tuple[dict[str, str], bytes]]:
         with self.lock:
             return list(self.requests)
+
+    def paths(self) -> list[str]:
+        with self.lock:
+            return list(self.request_paths)
 
     def close(self) -> None:
         self.shutdown()
@@ -94,6 +99,7 @@ class _ReceiverHandler(BaseHTTPRequestHandler):
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         with self.server.lock:
             self.server.requests.append((dict(self.headers.items()), body))
+            self.server.request_paths.append(self.path)
         self.send_response(self.server.status)
         self.send_header("Content-Length", "0")
         self.end_headers()

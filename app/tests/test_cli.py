@@ -80,13 +80,19 @@ def test_bots_and_offers_add_are_idempotent(env):
     assert "ABC" not in listed.stdout + listed.stderr + first.stderr
 
 
-def test_set_webhook_calls_telegram_with_url_and_secret(env, bot, telegram):
+def test_set_webhook_calls_telegram_with_url_and_secret(env, bot, telegram, services):
     result = grimbots(env, "set-webhook", "--bot", str(bot.id), "--url", "https://bots.example/")
     assert result.returncode == 0, result.stderr
     (call,) = telegram.calls("setWebhook")
     assert call["bot_id"] == bot.token_id
     assert call["params"]["url"] == f"https://bots.example/webhook/telegram/{bot.id}"
     assert call["params"]["secret_token"] == bot.secret
+    # It learnt the bot's @username from getMe: group commands are told apart with it.
+    assert orjson.loads(result.stdout)["username"] == f"sandbox_{bot.token_id}_bot"
+    from grimbots.models import Bot
+
+    with services.db.session() as session:
+        assert session.get(Bot, bot.id).username == f"sandbox_{bot.token_id}_bot"
     assert bot.token not in result.stdout + result.stderr
 
 

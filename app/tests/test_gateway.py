@@ -86,7 +86,7 @@ def test_charge_is_created_once_and_reused(services, bot, psp, telegram):
 
 def test_psp_down_is_retried_asking_for_the_status_first(services, bot, psp, telegram):
     lead_id = make_lead(services, bot, 702)
-    psp.faults(status_500={"count": 1})
+    psp.faults(status_503={"count": 1})
     with pytest.raises(PspUnavailable):  # RQ retries the job (CHARGE_RETRY)
         create_charge(bot.id, lead_id, bot.offer_id, 1)
     assert psp.charges() == []

@@ -92,11 +92,13 @@ def test_token_is_refreshed_before_it_expires():
         server.close()
 
 
-def test_revoked_token_is_replaced_once_on_401(sandbox, adapter):
+def test_revoked_token_is_replaced_once_on_403(sandbox, adapter):
+    """The spec answers a caller it refuses with 403 AcessoNegado: a cached token may have
+    been revoked, so one new token is fetched and the call made once more."""
     assert adapter.create_charge(new_txid(), 500).ok
     control(sandbox, "faults", {"revoke_tokens": True})
     assert adapter.create_charge(new_txid(), 500).ok
-    assert [c["status"] for c in calls(sandbox, endpoint="cob.put")] == [201, 401, 201]
+    assert [c["status"] for c in calls(sandbox, endpoint="cob.put")] == [201, 403, 201]
     assert len(calls(sandbox, endpoint="token")) == 2
 
 
@@ -105,7 +107,10 @@ def test_put_twice_with_the_same_txid_is_one_charge(sandbox, adapter):
     first = adapter.create_charge(txid, 2500)
     second = adapter.create_charge(txid, 2500)
     assert first.ok and second.ok
+    # The spec's PUT answers a used txid 400 CobOperacaoInvalida; the adapter then finds
+    # the charge it wants with GET.
     assert (first.status_code, second.status_code) == (201, 200)
+    assert [c["status"] for c in calls(sandbox, endpoint="cob.put")] == [201, 400]
     assert first.value == second.value
     charges = HTTP.get(f"{sandbox.base_url}/_sandbox/charges").json()["charges"]
     assert [c["txid"] for c in charges] == [txid]
@@ -115,25 +120,35 @@ def test_same_txid_with_another_amount_is_rejected(sandbox, adapter):
     txid = new_txid()
     assert adapter.create_charge(txid, 2500).ok
     other = adapter.create_charge(txid, 2600)
-    assert other.outcome == "rejected" and other.status_code == 409
+    assert other.outcome == "rejected" and other.status_code == 409  # ours: not the charge
     assert "2500" in other.description or "25.00" in other.description
 
 
-def test_br_code_of_a_charge(adapter):
+def test_br_code_of_a_charge_is_dynamic(sandbox, adapter):
+    """As PSPs answer a `cob`: field 26-25 holds the charge's location, 62-05 is "***"."""
     txid = new_txid()
     code = adapter.create_charge(txid, 4990).value.pix_copy_paste
     assert has_valid_crc(code)
     fields = parse_tlv(code)
     assert fields["54"] == "49.90"
-    assert parse_tlv(fields["62"])["05"] == txid
-    assert parse_tlv(fields["26"]) == {"00": "br.gov.bcb.pix", "01": PIX_KEY}
+    assert parse_tlv(fields["62"])["05"] == "***"
+    (charge,) = HTTP.get(f"{sandbox.base_url}/_sandbox/charges", params={"txid": txid}).json()[
+        "charges"
+    ]
+    assert parse_tlv(fields["26"]) == {"00": "br.gov.bcb.pix", "25": charge["location"]}
+    assert charge["loc"] == {
+        "id": charge["loc"]["id"],
+        "location": charge["location"],
+        "tipoCob": "cob",
+    }
 
 
 def test_server_error_is_transient_and_changes_nothing(sandbox, adapter):
-    control(sandbox, "faults", {"status_500": {"count": 1}})
+    control(sandbox, "faults", {"status_503": {"count": 1}})
     txid = new_txid()
     failed = adapter.create_charge(txid, 1000)
-    assert failed.outcome == "transient" and failed.status_code == 500
+    assert failed.outcome == "transient" and failed.status_code == 503
+    assert failed.description.startswith("ServicoIndisponivel")
     assert adapter.charge_status(txid).not_found
     assert adapter.create_charge(txid, 1000).ok
 

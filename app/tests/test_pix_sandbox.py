@@ -159,7 +159,7 @@ def test_charges_listing_and_reset(sandbox, adapter):
 
 def test_reset_forgets_calls_and_faults(sandbox, adapter):
     charge(adapter)
-    HTTP.post(f"{sandbox.base_url}/_sandbox/faults", json={"status_500": {"count": None}})
+    HTTP.post(f"{sandbox.base_url}/_sandbox/faults", json={"status_503": {"count": None}})
     for _ in range(3):
         assert adapter.create_charge(txid_for(uuid.uuid4()), 100).outcome == "transient"
     HTTP.delete(f"{sandbox.base_url}/_sandbox/calls")
@@ -186,11 +186,13 @@ def test_oauth_token_endpoint(sandbox):
 
 def test_cob_endpoints_need_a_bearer_token(sandbox):
     txid = txid_for(uuid.uuid4())
-    assert HTTP.get(f"{sandbox.base_url}/cob/{txid}").status_code == 401
+    assert HTTP.get(f"{sandbox.base_url}/cob/{txid}").status_code == 403
     response = HTTP.get(
         f"{sandbox.base_url}/cob/{txid}", headers={"Authorization": "Bearer forged"}
     )
-    assert response.status_code == 401
+    # The spec's answer to a caller it will not serve: 403 AcessoNegado (it lists no 401).
+    assert response.status_code == 403
+    assert response.json()["type"] == "https://pix.bcb.gov.br/api/v2/error/AcessoNegado"
     assert response.headers["Content-Type"] == "application/problem+json"
 
 

@@ -125,7 +125,7 @@ def test_psp_unreachable_pays_nothing_and_the_job_retries(services, bot, psp, te
     (pix,) = psp.pay(txid=payment.txid)["pix"]
     body = callback_body(payment.txid, pix["valor"], pix["endToEndId"])
     event_id = post_callback(services, body)
-    psp.faults(status_500={"count": 1})
+    psp.faults(status_503={"count": 1})
     with pytest.raises(PspUnavailable):  # RQ retries the job (EVENT_RETRY)
         settle(services, event_id)
     assert status(services, payment) == "pending" and event(services, event_id).processed_at is None

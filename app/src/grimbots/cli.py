@@ -226,7 +226,8 @@ def offers_add(bot_id: int, name: str, price_cents: int, access_link: str) -> No
     "--url", "base_url", required=True, help="public base URL, e.g. https://bots.example.com"
 )
 def set_webhook(bot_id: int, base_url: str) -> None:
-    """Point Telegram at <url>/webhook/telegram/<bot> with the bot's secret."""
+    """Point Telegram at <url>/webhook/telegram/<bot> with the bot's secret, and learn the
+    bot's @username (getMe), which tells group commands meant for it from other bots'."""
     from grimbots.models import Bot
 
     services = _services()
@@ -235,6 +236,12 @@ def set_webhook(bot_id: int, base_url: str) -> None:
         if bot is None:
             raise click.ClickException(f"no bot with id {bot_id}")
         token, secret = bot.token, bot.webhook_secret
+    me = services.telegram.call(token, "getMe", {})
+    if me.outcome != "ok" or not isinstance(me.result, dict):
+        raise click.ClickException(f"getMe failed: {me.outcome} {me.description}")
+    username = me.result.get("username")
+    with services.db.session() as session:
+        session.get(Bot, bot_id).username = username if isinstance(username, str) else None
     url = f"{base_url.rstrip('/')}/webhook/telegram/{bot_id}"
     result = services.telegram.call(
         token,
@@ -243,7 +250,7 @@ def set_webhook(bot_id: int, base_url: str) -> None:
     )
     if result.outcome != "ok":
         raise click.ClickException(f"setWebhook failed: {result.outcome} {result.description}")
-    _print_json({"bot": bot_id, "url": url, "ok": True})
+    _print_json({"bot": bot_id, "url": url, "username": username, "ok": True})
 
 
 @main.command("health")
@@ -317,6 +324,20 @@ def sandbox_telegram(host: str, port: int) -> None:
     default=None,
     help="when set, charges must name this key",
 )
+@click.option(
+    "--notify-client-cert",
+    envvar="GRIMBOTS_SANDBOX_PIX_NOTIFY_CLIENT_CERT",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False),
+    help="PEM with the client certificate and key its callbacks present (mutual TLS)",
+)
+@click.option(
+    "--notify-ca-file",
+    envvar="GRIMBOTS_SANDBOX_PIX_NOTIFY_CA_FILE",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False),
+    help="CA that signed the receiver's certificate, for an https notify URL",
+)
 def sandbox_pix(
     host: str,
     port: int,
@@ -325,6 +346,8 @@ def sandbox_pix(
     client_secret: str,
     webhook_secret: str,
     pix_key: str | None,
+    notify_client_cert: str | None,
+    notify_ca_file: str | None,
 ) -> None:
     """Run the PSP stand-in (API Pix; records every call, pays on request).
 
@@ -341,6 +364,8 @@ def sandbox_pix(
             webhook_secret=webhook_secret,
             notify_url=notify_url,
             pix_key=pix_key,
+            notify_client_cert=notify_client_cert,
+            notify_ca_file=notify_ca_file,
         ),
     )
 
@@ -398,6 +423,35 @@ def reconcile_command(inline: bool, interval: int) -> None:
         return
     job_id = enqueue_reconcile(services, interval)
     _print_json({"queued": job_id is not None, "job_id": job_id})
+
+
+@main.group()
+def pix() -> None:
+    """The payment service provider (API Pix)."""
+
+
+@pix.command("register-webhook")
+@click.option(
+    "--url",
+    "webhook_url",
+    required=True,
+    help="our public PIX webhook, e.g. https://bots.example.com/webhook/pix/apipix "
+    "(the PSP posts to it + /pix)",
+)
+@click.option("--dry-run", is_flag=True, help="say whether it would change, change nothing")
+def pix_register_webhook(webhook_url: str, dry_run: bool) -> None:
+    """Register our webhook with the PSP (PUT /webhook/{chave}) unless it already is.
+
+    Prints {"webhook_url", "changed"} (with --dry-run: whether it would change); exit 1 when
+    the PSP refuses or does not answer.
+    """
+    services = _services()
+    if services.pix is None:
+        raise click.ClickException("no PSP configured (GRIMBOTS_PIX_*)")
+    result = services.pix.register_webhook(webhook_url, dry_run=dry_run)
+    if not result.ok:
+        raise click.ClickException(f"webhook registration failed: {result.description}")
+    _print_json({"webhook_url": webhook_url, "changed": result.value, "dry_run": dry_run})
 
 
 @main.group()

@@ -72,6 +72,9 @@ class Bot(Base):
     token: Mapped[str] = mapped_column(String(128))
     # Telegram sends it back in X-Telegram-Bot-Api-Secret-Token on every webhook call.
     webhook_secret: Mapped[str] = mapped_column(String(256))
+    # The bot's @username from getMe (set-webhook learns it): tells group commands meant
+    # for us ("/start@ThisBot") from those for other bots. None until known.
+    username: Mapped[str | None] = mapped_column(String(64))
     welcome_text: Mapped[str] = mapped_column(Text, server_default="")
     created_at: Mapped[datetime] = _created_at()
     updated_at: Mapped[datetime] = _updated_at()

@@ -171,6 +171,10 @@ class PixAdapter(Protocol):
 
     def charge_status(self, txid: str) -> PixResult[ChargeStatus]: ...
 
+    def register_webhook(self, webhook_url: str, dry_run: bool = False) -> PixResult[bool]:
+        """Make the PSP send its callbacks to webhook_url (idempotent); value: changed."""
+        ...
+
     def verify_client(self, headers: Mapping[str, str]) -> None:
         """Check the caller before its body is read (mutual TLS, as the TLS terminator in
         front reports it); raise NotificationUnauthorized. A no-op when not configured."""

@@ -17,6 +17,7 @@ import time
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import orjson
@@ -127,7 +128,8 @@ def _status(body: Any) -> ChargeStatus:
 
 
 def _problem(response: httpx.Response) -> str:
-    """A short description from an RFC 7807 problem (what API Pix answers) or OAuth error."""
+    """A short description from an RFC 7807 problem (what API Pix answers: its error type,
+    detail and `violacoes`) or an OAuth error."""
     try:
         body = response.json()
     except ValueError:
@@ -135,8 +137,16 @@ def _problem(response: httpx.Response) -> str:
     if not isinstance(body, dict):
         return f"HTTP {response.status_code}"
     text = body.get("detail") or body.get("title") or body.get("error_description")
-    text = text or body.get("error") or f"HTTP {response.status_code}"
-    return str(text)[:500]
+    text = str(text or body.get("error") or f"HTTP {response.status_code}")
+    kind = body.get("type")
+    if isinstance(kind, str) and "/" in kind:
+        text = f"{kind.rsplit('/', 1)[1]}: {text}"
+    violations = body.get("violacoes")
+    if isinstance(violations, list):
+        text += "".join(
+            f"; {v.get('propriedade')}: {v.get('razao')}" for v in violations if isinstance(v, dict)
+        )
+    return text[:500]
 
 
 class ApiPixAdapter:
@@ -219,7 +229,7 @@ class ApiPixAdapter:
         self, method: str, path: str, body: dict[str, Any] | None, *, changes_state: bool
     ) -> PixResult[httpx.Response]:
         stale: str | None = None
-        for _attempt in range(2):
+        for attempt in range(2):
             bearer = self._bearer(stale)
             if not bearer.ok:
                 return PixResult(bearer.outcome, None, bearer.status_code, bearer.description)
@@ -240,10 +250,14 @@ class ApiPixAdapter:
                 # may have reached the PSP.
                 outcome = "unknown" if changes_state else "transient"
                 return PixResult(outcome, description=f"no answer: {type(exc).__name__}")
-            if response.status_code != 401:
-                return PixResult("ok", response, response.status_code)
-            stale = bearer.value  # expired or revoked before we thought: fetch one more
-        return PixResult("rejected", None, 401, "unauthorized: " + _problem(response))
+            # 401 (OAuth) or the spec's 403 AcessoNegado: a cached token may have expired or
+            # been revoked before we thought. Fetch one more, once; refused again, the
+            # caller gets the answer (we are really not allowed).
+            if response.status_code in (401, 403) and attempt == 0:
+                stale = bearer.value
+                continue
+            return PixResult("ok", response, response.status_code)
+        raise AssertionError("unreachable: the second attempt always returns")
 
     @staticmethod
     def _failure(response: httpx.Response) -> PixResult[Any]:
@@ -324,6 +338,35 @@ class ApiPixAdapter:
             return PixResult("ok", _status(response.json()), 200)
         except (_Unreadable, ValueError) as exc:
             return PixResult("transient", None, 200, f"unreadable: {exc}")
+
+    def register_webhook(self, webhook_url: str, dry_run: bool = False) -> PixResult[bool]:
+        """PUT /webhook/{chave} with our URL unless GET shows it registered already.
+
+        The PSP then POSTs callbacks to webhook_url + "/pix" (API Pix). ok with value True
+        when it changed (or, with dry_run, would change), False when it was in place.
+        """
+        path = f"/webhook/{quote(self._settings.pix_key, safe='')}"
+        sent = self._request("GET", path, None, changes_state=False)
+        if not sent.ok or sent.value is None:
+            return PixResult(sent.outcome, None, sent.status_code, sent.description)
+        current = sent.value
+        if current.status_code == 200:
+            try:
+                registered = current.json().get("webhookUrl")
+            except (ValueError, AttributeError):
+                registered = None
+            if registered == webhook_url:
+                return PixResult("ok", False, 200)
+        elif current.status_code != 404:
+            return self._failure(current)
+        if dry_run:
+            return PixResult("ok", True, current.status_code)
+        sent = self._request("PUT", path, {"webhookUrl": webhook_url}, changes_state=True)
+        if not sent.ok or sent.value is None:
+            return PixResult(sent.outcome, None, sent.status_code, sent.description)
+        if sent.value.status_code in (200, 201, 204):
+            return PixResult("ok", True, sent.value.status_code)
+        return self._failure(sent.value)
 
     def verify_client(self, headers: Mapping[str, str]) -> None:
         """The PSP's client certificate, as the TLS terminator verified it (if configured)."""

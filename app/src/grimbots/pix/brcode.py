@@ -41,9 +41,8 @@ def build_br_code(
 ) -> str:
     """A single-use BR Code for `amount` (API form, "12.34") to `pix_key`, tagged with txid.
 
-    Real PSPs answer a `cob` with a dynamic code (field 26 holds a payload URL and field 62
-    holds "***"); this static form carries the key and txid itself, which a bank app can
-    pay just the same and a test can read without a payload server.
+    A static code (the PSP stand-in answers a `cob` with the dynamic form below, as real PSPs
+    do); this one carries the key and txid itself.
     """
     body = (
         _field("00", "01")  # payload format indicator
@@ -56,6 +55,27 @@ def build_br_code(
         + _field("59", _plain(merchant_name, 25))
         + _field("60", _plain(merchant_city, 15))
         + _field("62", _field("05", txid))
+        + "6304"
+    )
+    return body + f"{crc16_ccitt(body.encode()):04X}"
+
+
+def build_dynamic_br_code(
+    *, location: str, amount: str, merchant_name: str, merchant_city: str
+) -> str:
+    """The dynamic BR Code PSPs answer a `cob` with: field 26-25 holds the location of the
+    charge's payload (host/path, no scheme), and field 62-05 holds "***", not the txid."""
+    body = (
+        _field("00", "01")
+        + _field("01", "12")
+        + _field("26", _field("00", PIX_GUI) + _field("25", location))
+        + _field("52", "0000")
+        + _field("53", "986")
+        + _field("54", amount)
+        + _field("58", "BR")
+        + _field("59", _plain(merchant_name, 25))
+        + _field("60", _plain(merchant_city, 15))
+        + _field("62", _field("05", "***"))
         + "6304"
     )
     return body + f"{crc16_ccitt(body.encode()):04X}"

@@ -1,17 +1,23 @@
 """A PSP stand-in speaking the Central Bank's API Pix: a small real HTTP server that records
 every call and pays charges on request, calling the app's webhook like a PSP would.
 
-API Pix:  POST /oauth/token        HTTP Basic client_id:client_secret, form
-                                   grant_type=client_credentials -> bearer token
-          PUT  /cob/{txid}         create an immediate charge (bearer token); the same txid
-                                   and amount again answer 200 with the same charge, another
-                                   amount 409
-          GET  /cob/{txid}         the charge; status ATIVA, CONCLUIDA (with "pix": [...]),
-                                   REMOVIDA_PELO_PSP (expired or /_sandbox/expire)
+API Pix (OpenAPI 2.9.0: the status codes and error types it lists for each endpoint):
+          POST /oauth/token        HTTP Basic client_id:client_secret, form
+                                   grant_type=client_credentials -> bearer token (OAuth2)
+          PUT  /cob/{txid}         create an immediate charge: 201 with loc/location and a
+                                   dynamic BR Code; 400 CobOperacaoInvalida with `violacoes`
+                                   (a bad field, or a txid already used); 403 AcessoNegado
+                                   (no valid bearer token); 503 ServicoIndisponivel
+          GET  /cob/{txid}         200 the charge: ATIVA, CONCLUIDA (with "pix": [...]),
+                                   REMOVIDA_PELO_PSP (expired or /_sandbox/expire); 404
+                                   NaoEncontrado; 403; 503
+          PUT  /webhook/{chave}    {"webhookUrl": U}: 200; callbacks then go to U + "/pix",
+                                   as the spec says; GET: 200 or 404; DELETE: 204 or 404
 Control:  GET    /_sandbox/calls[?endpoint=token|cob.put|cob.get&txid=]  oldest first
           DELETE /_sandbox/calls            forget calls, notifications and faults
           POST   /_sandbox/faults  JSON, any of:
-                 {"status_500": {"count": N},              API calls answer 500, unchanged
+                 {"status_503": {"count": N},              API calls answer 503, unchanged
+                  "access_denied": {"count": N},           API calls answer 403 AcessoNegado
                   "slow": {"delay": S, "count": N},        API calls answer late (done first)
                   "token_failure": {"count": N, "status": 500},
                   "revoke_tokens": true,                   issued tokens stop working (401)
@@ -35,7 +41,8 @@ Control:  GET    /_sandbox/calls[?endpoint=token|cob.put|cob.get&txid=]  oldest 
           POST   /_sandbox/expire  JSON {"txid": T}  an ATIVA charge becomes REMOVIDA_PELO_PSP
           GET    /_sandbox/notifications             every callback delivery and its answer
                                                      (sent_at: when its POST started)
-Callbacks: POST notify_url, body {"pix": [{"endToEndId", "txid", "valor", "horario",
+Callbacks: POST to the pay request's notify_url, else the registered webhook + "/pix", else
+          the configured notify_url; body {"pix": [{"endToEndId", "txid", "valor", "horario",
           "infoPagador"}]}, header X-Pix-Signature: sha256=<HMAC-SHA256 of the body with
           webhook_secret> (see grimbots.pix.notifications).
 A call is recorded when it has been handled, before any delay, with the status it gets: a
@@ -52,15 +59,16 @@ import re
 import secrets
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import httpx
 import orjson
 
-from grimbots.pix.brcode import build_br_code
+from grimbots.pix.brcode import build_dynamic_br_code
 from grimbots.pix.notifications import SIGNATURE_HEADER, sign
 from grimbots.sandbox.http import JsonHandler, StandInServer
 
@@ -81,7 +89,13 @@ class PixSandboxConfig:
     merchant_name: str = "GRIMBOTS SANDBOX"
     merchant_city: str = "SAO PAULO"
     ispb: str = "99999999"  # the PSP's 8-digit id, the start of every end-to-end id
+    # Where a charge's payload would be served (the location of a dynamic BR Code).
+    location_host: str = "pix.sandbox.invalid"
     notify_timeout: float = 10.0
+    # Mutual TLS for the callbacks, as a real PSP does it: the PEM holding its client
+    # certificate and key, and the CA that signed the receiver's certificate (https only).
+    notify_client_cert: str | None = None
+    notify_ca_file: str | None = None
 
 
 def _now() -> str:
@@ -91,6 +105,15 @@ def _now() -> str:
 def _problem(status: int, kind: str, title: str, detail: str) -> dict[str, Any]:
     """An RFC 7807 problem, as API Pix answers errors."""
     return {"type": _ERROR_TYPE + kind, "title": title, "status": status, "detail": detail}
+
+
+def _invalid(kind: str, title: str, *violations: tuple[str, str]) -> dict[str, Any]:
+    """A 400 problem with the spec's `violacoes`: (propriedade, razao) pairs."""
+    problem = _problem(
+        400, kind, title, "A requisição não respeita o schema ou está semanticamente errada."
+    )
+    problem["violacoes"] = [{"razao": razao, "propriedade": prop} for prop, razao in violations]
+    return problem
 
 
 def _count(spec: dict[str, Any], default: int | None) -> int | None:
@@ -106,6 +129,7 @@ class PixSandboxState:
         self.calls: list[dict[str, Any]] = []
         self.notifications: list[dict[str, Any]] = []
         self.charges: dict[str, dict[str, Any]] = {}
+        self.webhooks: dict[str, dict[str, Any]] = {}  # chave -> {"webhookUrl", "criacao"}
         self.tokens: dict[str, float] = {}  # token -> time.time() it expires
         self.sequence = itertools.count(1)
         self.reset()
@@ -114,7 +138,8 @@ class PixSandboxState:
         with self.lock:
             self.calls.clear()
             self.notifications.clear()
-            self.fail_500: int | None = 0
+            self.fail_503: int | None = 0
+            self.deny: int | None = 0
             self.slow_delay = 0.0
             self.slow_count: int | None = 0
             self.token_fail: int | None = 0
@@ -124,8 +149,10 @@ class PixSandboxState:
 
     def set_faults(self, spec: dict[str, Any]) -> None:
         with self.lock:
-            if "status_500" in spec:
-                self.fail_500 = _count(spec["status_500"], 1)
+            if "status_503" in spec:
+                self.fail_503 = _count(spec["status_503"], 1)
+            if "access_denied" in spec:
+                self.deny = _count(spec["access_denied"], 1)
             if "slow" in spec:
                 self.slow_delay = float(spec["slow"].get("delay", 0))
                 self.slow_count = _count(spec["slow"], None)
@@ -150,19 +177,34 @@ class PixSandboxState:
         return False, 0
 
     def api_faults(self) -> tuple[bool, float]:
-        """(answer 500, delay) for the next API call; consumes one-shot faults."""
+        """(answer 503, delay) for the next API call; consumes one-shot faults."""
         with self.lock:
             delay = 0.0
             if self.slow_delay:
                 slow, self.slow_count = self._take(self.slow_count)
                 delay = self.slow_delay if slow else 0.0
-            fail, self.fail_500 = self._take(self.fail_500)
+            fail, self.fail_503 = self._take(self.fail_503)
             return fail, delay
+
+    def denied(self) -> bool:
+        with self.lock:
+            deny, self.deny = self._take(self.deny)
+            return deny
 
     def token_fault(self) -> int | None:
         with self.lock:
             fail, self.token_fail = self._take(self.token_fail)
             return self.token_fail_status if fail else None
+
+    def callback_url(self) -> str | None:
+        """Where callbacks go without a URL of their own: the registered webhook plus
+        "/pix" (API Pix: callbacks are POSTed to {webhookUrl}/pix), else the configured one."""
+        with self.lock:
+            hooks = [h for key, h in self.webhooks.items() if key == self.config.pix_key]
+            hooks = hooks or list(self.webhooks.values())
+        if hooks:
+            return hooks[0]["webhookUrl"].rstrip("/") + "/pix"
+        return self.notify_url
 
     def expire_if_due(self, charge: dict[str, Any]) -> None:
         """Caller holds the lock. An unpaid charge past its expiry is removed by the PSP."""
@@ -175,6 +217,8 @@ def cob_view(charge: dict[str, Any]) -> dict[str, Any]:
         "calendario": {"criacao": charge["criacao"], "expiracao": charge["expiracao"]},
         "txid": charge["txid"],
         "revisao": 0,
+        "loc": {"id": charge["loc_id"], "location": charge["location"], "tipoCob": "cob"},
+        "location": charge["location"],
         "status": charge["status"],
         "valor": {"original": charge["valor"]},
         "chave": charge["chave"],
@@ -250,6 +294,8 @@ class Handler(JsonHandler):
             self._send(200, {"notifications": notifications})
         elif url.path.startswith("/cob/"):
             self._api("cob.get", url.path[len("/cob/") :], None)
+        elif url.path.startswith("/webhook/"):
+            self._api("webhook.get", unquote(url.path[len("/webhook/") :]), None)
         else:
             self._send(404, {"ok": False, "description": "Not Found"})
 
@@ -257,6 +303,8 @@ class Handler(JsonHandler):
         path = urlsplit(self.path).path
         if path.startswith("/cob/"):
             self._api("cob.put", path[len("/cob/") :], self._json())
+        elif path.startswith("/webhook/"):
+            self._api("webhook.put", unquote(path[len("/webhook/") :]), self._json())
         else:
             self._send(404, {"ok": False, "description": "Not Found"})
 
@@ -269,6 +317,8 @@ class Handler(JsonHandler):
             with self.state.lock:
                 self.state.charges.clear()
             self._send(200, {"ok": True})
+        elif path.startswith("/webhook/"):
+            self._api("webhook.delete", unquote(path[len("/webhook/") :]), None)
         else:
             self._send(404, {"ok": False, "description": "Not Found"})
 
@@ -345,68 +395,111 @@ class Handler(JsonHandler):
 
     # --- API Pix -------------------------------------------------------------------
 
-    def _api(self, endpoint: str, txid: str, body: Any) -> None:
-        if not self._bearer_ok():
-            status = 401
-            answer = _problem(401, "AcessoNegado", "Não autorizado", "token missing or invalid")
-            delay = 0.0
+    def _api(self, endpoint: str, key: str, body: Any) -> None:
+        """One API Pix call; `key` is the txid (cob) or the chave (webhook)."""
+        delay = 0.0
+        if not self._bearer_ok() or self.state.denied():
+            # The spec's answer to an authenticated caller it will not serve is 403
+            # AcessoNegado; it lists no 401 for these endpoints.
+            status = 403
+            answer = _problem(403, "AcessoNegado", "Acesso Negado", "token missing or invalid")
         else:
             fail, delay = self.state.api_faults()
             if fail:
-                status = 500
-                answer = _problem(500, "ServicoIndisponivel", "Erro interno", "sandbox fault")
+                status = 503
+                answer = _problem(
+                    503, "ServicoIndisponivel", "Serviço Indisponível", "sandbox fault"
+                )
             elif endpoint == "cob.put":
-                status, answer = self._put_cob(txid, body)
+                status, answer = self._put_cob(key, body)
+            elif endpoint == "cob.get":
+                status, answer = self._get_cob(key)
             else:
-                status, answer = self._get_cob(txid)
-        self._record(endpoint, txid, status, body)
+                status, answer = self._webhook(endpoint, key, body)
+        self._record(endpoint, key if endpoint.startswith("cob") else None, status, body)
         if delay:
             time.sleep(delay)
+        if status == 204:
+            self.send_response(204)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         self._send(status, answer)
+
+    def _webhook(self, endpoint: str, chave: str, body: Any) -> tuple[int, Any]:
+        config = self.state.config
+        if endpoint == "webhook.put":
+            url = body.get("webhookUrl") if isinstance(body, dict) else None
+            if not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https"):
+                return 400, _invalid(
+                    "WebhookOperacaoInvalida",
+                    "Webhook inválido.",
+                    ("webhookUrl", "O campo webhook.webhookUrl não respeita o schema."),
+                )
+            if not chave or len(chave) > 77 or (config.pix_key and chave != config.pix_key):
+                return 400, _invalid(
+                    "WebhookOperacaoInvalida",
+                    "Webhook inválido.",
+                    ("chave", "A chave não pertence a este usuário recebedor."),
+                )
+            with self.state.lock:
+                self.state.webhooks[chave] = {"webhookUrl": url, "chave": chave, "criacao": _now()}
+            return 200, {}
+        with self.state.lock:
+            hook = self.state.webhooks.get(chave)
+            if hook is not None and endpoint == "webhook.delete":
+                del self.state.webhooks[chave]
+        if hook is None:
+            return 404, _problem(404, "NaoEncontrado", "Não Encontrado", "Entidade não encontrada.")
+        return (204, None) if endpoint == "webhook.delete" else (200, dict(hook))
 
     def _put_cob(self, txid: str, body: Any) -> tuple[int, dict[str, Any]]:
         config = self.state.config
 
-        def invalid(detail: str) -> tuple[int, dict[str, Any]]:
-            return 400, _problem(400, "CobOperacaoInvalida", "Cobrança inválida.", detail)
+        def invalid(field: str, reason: str) -> tuple[int, dict[str, Any]]:
+            return 400, _invalid("CobOperacaoInvalida", "Cobrança inválida.", (field, reason))
 
         if not _TXID.fullmatch(txid):
-            return invalid("txid must be 26-35 characters of [a-zA-Z0-9]")
+            return invalid("txid", "O campo txid não respeita o schema.")
         if not isinstance(body, dict):
-            return invalid("body must be a JSON object")
+            return invalid("cob", "O corpo da requisição não respeita o schema.")
         valor = body.get("valor")
         original = valor.get("original") if isinstance(valor, dict) else None
         if not isinstance(original, str) or not _VALOR.fullmatch(original):
-            return invalid("valor.original must look like 12.34")
+            return invalid(
+                "cob.valor.original", "O campo cob.valor.original não respeita o schema."
+            )
         if original.strip("0.") == "":
-            return invalid("valor.original must be greater than 0.00")
+            return invalid("cob.valor.original", "O campo cob.valor.original é zero.")
         chave = body.get("chave")
         if not isinstance(chave, str) or not chave or len(chave) > 77:
-            return invalid("chave missing")
+            return invalid("cob.chave", "O campo cob.chave não respeita o schema.")
         if config.pix_key is not None and chave != config.pix_key:
-            return invalid("chave does not belong to this account")
+            return invalid(
+                "cob.chave",
+                "O campo cob.chave corresponde a uma conta que não pertence a este usuário "
+                "recebedor.",
+            )
         calendario = body.get("calendario", {})
         if not isinstance(calendario, dict):
-            return invalid("calendario must be an object")
+            return invalid("cob.calendario", "O campo cob.calendario não respeita o schema.")
         expiracao = calendario.get("expiracao", DEFAULT_EXPIRY)
         if isinstance(expiracao, bool) or not isinstance(expiracao, int) or expiracao <= 0:
-            return invalid("calendario.expiracao must be a positive integer")
+            return invalid(
+                "cob.calendario.expiracao",
+                "O campo cob.calendario.expiracao é igual ou menor que zero.",
+            )
         request = body.get("solicitacaoPagador")
         if request is not None and (not isinstance(request, str) or len(request) > 140):
-            return invalid("solicitacaoPagador must be text of at most 140 characters")
+            return invalid(
+                "cob.solicitacaoPagador", "O campo solicitacaoPagador não respeita o schema."
+            )
         with self.state.lock:
-            existing = self.state.charges.get(txid)
-            if existing is not None:
-                self.state.expire_if_due(existing)
-                if existing["valor"] != original:
-                    return 409, _problem(
-                        409,
-                        "CobOperacaoInvalida",
-                        "Cobrança inválida.",
-                        f"txid {txid} already holds a charge of {existing['valor']}",
-                    )
-                return 200, cob_view(existing)
+            if txid in self.state.charges:
+                # PUT creates; a txid already used is a semantic error (PATCH revises).
+                return invalid("txid", f"O txid {txid} já foi utilizado por outra cobrança.")
             now = time.time()
+            location = f"{config.location_host}/qr/v2/{uuid.uuid4().hex}"
             charge = {
                 "txid": txid,
                 "status": "ATIVA",
@@ -417,10 +510,12 @@ class Handler(JsonHandler):
                 "criacao": _now(),
                 "expires": now + expiracao,
                 "pix": [],
-                "pixCopiaECola": build_br_code(
-                    pix_key=chave,
+                "loc_id": next(self.state.sequence),
+                "location": location,
+                # A dynamic BR Code, as PSPs answer a `cob`: the payload's location, no txid.
+                "pixCopiaECola": build_dynamic_br_code(
+                    location=location,
                     amount=original,
-                    txid=txid,
                     merchant_name=config.merchant_name,
                     merchant_city=config.merchant_city,
                 ),
@@ -437,9 +532,7 @@ class Handler(JsonHandler):
                     self.state.expire_if_due(charge)
                 return 200, {**(cob_view(charge) if charge else {"txid": txid}), **lie}
             if charge is None:
-                return 404, _problem(
-                    404, "CobNaoEncontrado", "Cobrança não encontrada.", f"no charge {txid}"
-                )
+                return 404, _problem(404, "NaoEncontrado", "Não Encontrado", f"no charge {txid}")
             self.state.expire_if_due(charge)
             return 200, cob_view(charge)
 
@@ -517,7 +610,7 @@ def pay(server: PixSandboxServer, spec: dict[str, Any]) -> tuple[int, dict[str, 
     deliveries = [c for _ in range(times) for c in callbacks]
     if spec.get("shuffle"):
         random.Random(spec.get("seed")).shuffle(deliveries)
-    url = spec.get("notify_url") or state.notify_url
+    url = spec.get("notify_url") or state.callback_url()
     answer: dict[str, Any] = {
         "ok": True,
         "request": request,
@@ -554,7 +647,12 @@ class PixSandboxServer(StandInServer):
         """The client that delivers callbacks, made on first use."""
         with self._http_lock:
             if self._http is None:
-                self._http = httpx.Client(timeout=self.state.config.notify_timeout)
+                config = self.state.config
+                self._http = httpx.Client(
+                    timeout=config.notify_timeout,
+                    cert=config.notify_client_cert,
+                    verify=config.notify_ca_file or True,
+                )
             return self._http
 
     @property

@@ -1,4 +1,8 @@
-"""POST /webhook/pix/<provider>: the PSP's callbacks (logic in grimbots.pix_ingest)."""
+"""POST /webhook/pix/<provider>: the PSP's callbacks (logic in grimbots.pix_ingest).
+
+API Pix posts callbacks to the registered webhook URL plus "/pix": registered as
+/webhook/pix/<provider>, they arrive at /webhook/pix/<provider>/pix. Both paths are served.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +13,11 @@ from grimbots.web import pix_ingest_of
 pix_webhook = Blueprint("pix_webhook", __name__)
 
 ROUTE = "/webhook/pix/<provider>"
+SPEC_ROUTE = ROUTE + "/pix"
 
 
 @pix_webhook.post(ROUTE)
+@pix_webhook.post(SPEC_ROUTE)
 def receive(provider: str) -> Response:
     answer = pix_ingest_of(current_app).handle(
         provider,
