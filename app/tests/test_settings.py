@@ -146,3 +146,24 @@ def test_psp_is_optional_but_all_or_nothing():
     settings = load_settings(full)
     assert settings.pix.reconcile_after_seconds == 120
     assert "secret" not in repr(settings) and "w" * 20 not in repr(settings)
+
+
+def test_database_pool_and_statement_timeout_reach_postgresql(env):
+    """Pool sizes per process and the statement timeout, as PostgreSQL itself sees them."""
+    from grimbots.db import Database
+    from sqlalchemy import text
+
+    settings = load_settings(
+        env | {"GRIMBOTS_DB_POOL_SIZE": "3", "GRIMBOTS_DB_STATEMENT_TIMEOUT_MS": "1234"}
+    )
+    db = Database(settings)
+    assert db.engine.pool.size() == 3
+    with db.engine.connect() as conn:
+        assert conn.execute(text("SHOW statement_timeout")).scalar() == "1234ms"
+    db.dispose()
+    bouncer = Database(load_settings(env | {"GRIMBOTS_DB_PGBOUNCER": "true"}))
+    with bouncer.engine.connect() as conn:
+        # No startup option behind PgBouncer: the server's (role's) setting applies.
+        assert conn.execute(text("SHOW statement_timeout")).scalar() == "0"
+        assert conn.connection.driver_connection.prepare_threshold is None
+    bouncer.dispose()

@@ -33,19 +33,29 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, settings: Settings | None = None) -> Engine:
+    """The engine for `url`; `settings` size its pool (the defaults for tools)."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
+    connect_args: dict[str, Any] = {
+        "connect_timeout": CONNECT_TIMEOUT_SECONDS,
+        "application_name": "grimbots",
+    }
+    if settings is not None and settings.db_pgbouncer:
+        # Transaction pooling: the next statement may run on another server connection.
+        connect_args["prepare_threshold"] = None
+    elif settings is not None and settings.db_statement_timeout_ms:
+        connect_args["options"] = f"-c statement_timeout={settings.db_statement_timeout_ms}"
     return create_engine(
         url,
-        pool_size=5,
-        max_overflow=5,
+        pool_size=settings.db_pool_size if settings else 5,
+        max_overflow=settings.db_max_overflow if settings else 5,
         pool_timeout=5,
         pool_pre_ping=True,
         pool_recycle=1800,
-        connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS, "application_name": "grimbots"},
+        connect_args=connect_args,
     )
 
 
@@ -53,6 +63,7 @@ class Database:
     """Per-process engine and session factory, rebuilt after fork."""
 
     def __init__(self, settings: Settings):
+        self._settings = settings
         self._url = settings.database_url
         self._lock = threading.Lock()
         self._pid: int | None = None
@@ -67,7 +78,7 @@ class Database:
                     if self._engine is not None:
                         # Drop the parent's pooled sockets without closing them under it.
                         self._engine.dispose(close=False)
-                    self._engine = make_engine(self._url)
+                    self._engine = make_engine(self._url, self._settings)
                     self._sessions = sessionmaker(self._engine, expire_on_commit=False)
                     self._pid = os.getpid()
         assert self._engine is not None

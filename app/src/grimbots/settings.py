@@ -40,6 +40,18 @@ class Settings:
     redis_password: str | None = field(default=None, repr=False)
     redis_db: int = 0
     redis_pool_size: int = 20
+    # Connections per process to PostgreSQL: the pool, and how many more a burst may open.
+    # Every gunicorn worker and RQ worker process has its own (roles/postgres README sizes
+    # max_connections from these).
+    db_pool_size: int = 5
+    db_max_overflow: int = 5
+    # A statement running longer is cancelled: a stuck query must not hold a worker. Sent as
+    # a connection option; behind PgBouncer (db_pgbouncer) the database role's own setting
+    # applies instead, since transaction pooling shares server connections.
+    db_statement_timeout_ms: int = 10_000
+    # PgBouncer in transaction pooling between the app and PostgreSQL: no server-side
+    # prepared statements (PgBouncer 1.18 cannot route them) and no startup options.
+    db_pgbouncer: bool = False
     telegram_api_url: str = "https://api.telegram.org"
     telegram_read_timeout: float = 10.0
     log_level: str = "INFO"
@@ -101,6 +113,13 @@ def _non_negative_int(env: Mapping[str, str], name: str, default: int) -> int:
     if not raw.isascii() or not raw.isdigit():
         raise SettingsError(f"{PREFIX}{name} must be a whole number >= 0, got {raw!r}")
     return int(raw)
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    raw = (_get(env, name) or "false").lower()
+    if raw not in ("true", "false", "1", "0", "yes", "no"):
+        raise SettingsError(f"{PREFIX}{name} must be true or false, got {raw!r}")
+    return raw in ("true", "1", "yes")
 
 
 def _port(env: Mapping[str, str], name: str) -> int | None:
@@ -215,6 +234,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         redis_password=_get(env, "REDIS_PASSWORD"),
         redis_db=int(redis_db_raw) if redis_db_raw is not None else 0,
         redis_pool_size=_positive_int(env, "REDIS_POOL_SIZE", 20),
+        db_pool_size=_positive_int(env, "DB_POOL_SIZE", 5),
+        db_max_overflow=_non_negative_int(env, "DB_MAX_OVERFLOW", 5),
+        db_statement_timeout_ms=_non_negative_int(env, "DB_STATEMENT_TIMEOUT_MS", 10_000),
+        db_pgbouncer=_flag(env, "DB_PGBOUNCER"),
         telegram_api_url=api_url.rstrip("/"),
         telegram_read_timeout=_positive_float(env, "TELEGRAM_READ_TIMEOUT_SECONDS", 10.0),
         log_level=log_level,
