@@ -51,7 +51,7 @@ wheelhouse: setup ## Build the app and its pinned dependencies as wheels for the
 test: setup ## Fresh-root check, lint, app tests and every Molecule scenario, with a summary
 	@scripts/run-tests.sh
 
-lint: venv ## ansible-lint (production profile), yamllint, ruff
+lint: venv ## ansible-lint (production profile), yamllint, ruff, import cycles
 	@scripts/run-tests.sh lint
 
 test-app: setup ## The app's tests against real Redis and PostgreSQL

@@ -43,6 +43,7 @@ failure_lines() {
 lint_yaml() { yamllint --strict .; }
 lint_ansible() { ansible-lint --profile production --strict; }
 lint_python() { ruff check . && ruff format --check .; }
+lint_imports() { python scripts/check-imports.py; }
 
 app_tests() {
   if ! compgen -G 'app/tests/test_*.py' >/dev/null; then
@@ -72,6 +73,7 @@ if [[ $stage == all || $stage == lint ]]; then
   run "lint: yamllint" lint_yaml
   run "lint: ansible-lint" lint_ansible
   run "lint: ruff" lint_python
+  run "lint: import cycles" lint_imports
 fi
 if [[ $stage == all || $stage == app ]]; then
   run "app: pytest" app_tests

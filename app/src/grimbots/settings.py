@@ -11,21 +11,25 @@ import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-if TYPE_CHECKING:
-    from grimbots.pix.settings import PixSettings
+from grimbots.env import (
+    PREFIX,
+    SettingsError,
+    flag,
+    get,
+    non_negative_int,
+    port,
+    positive_float,
+    positive_int,
+    require,
+)
+from grimbots.pix.settings import PixSettings
 
-PREFIX = "GRIMBOTS_"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 MIN_ADMIN_TOKEN_LENGTH = 32
 # The example vault's values start with this: a copy deployed unedited must not start.
 PLACEHOLDER = "change-me"
-
-
-class SettingsError(Exception):
-    """A setting is missing or malformed; the message names the variable."""
 
 
 @dataclass(frozen=True)
@@ -79,73 +83,8 @@ class Settings:
         return self.database_url.startswith("sqlite")
 
 
-def _get(env: Mapping[str, str], name: str) -> str | None:
-    value = env.get(PREFIX + name)
-    if value is None or value.strip() == "":
-        return None
-    return value.strip()
-
-
-def _require(env: Mapping[str, str], name: str) -> str:
-    value = _get(env, name)
-    if value is None:
-        raise SettingsError(f"{PREFIX}{name} is required but not set")
-    return value
-
-
-def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = _get(env, name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SettingsError(f"{PREFIX}{name} must be a whole number, got {raw!r}") from None
-    if value <= 0:
-        raise SettingsError(f"{PREFIX}{name} must be greater than 0, got {value}")
-    return value
-
-
-def _non_negative_int(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = _get(env, name)
-    if raw is None:
-        return default
-    if not raw.isascii() or not raw.isdigit():
-        raise SettingsError(f"{PREFIX}{name} must be a whole number >= 0, got {raw!r}")
-    return int(raw)
-
-
-def _flag(env: Mapping[str, str], name: str) -> bool:
-    raw = (_get(env, name) or "false").lower()
-    if raw not in ("true", "false", "1", "0", "yes", "no"):
-        raise SettingsError(f"{PREFIX}{name} must be true or false, got {raw!r}")
-    return raw in ("true", "1", "yes")
-
-
-def _port(env: Mapping[str, str], name: str) -> int | None:
-    raw = _get(env, name)
-    if raw is None:
-        return None
-    if not raw.isascii() or not raw.isdigit() or not 0 < int(raw) < 65536:
-        raise SettingsError(f"{PREFIX}{name} must be a TCP port (1-65535), got {raw!r}")
-    return int(raw)
-
-
-def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = _get(env, name)
-    if raw is None:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SettingsError(f"{PREFIX}{name} must be a number, got {raw!r}") from None
-    if value <= 0:
-        raise SettingsError(f"{PREFIX}{name} must be greater than 0, got {value}")
-    return value
-
-
 def _database_url(env: Mapping[str, str]) -> str:
-    url = _require(env, "DATABASE_URL")
+    url = require(env, "DATABASE_URL")
     # Accept the bare PostgreSQL schemes people paste, but always drive psycopg 3.
     for bare in ("postgresql://", "postgres://"):
         if url.startswith(bare):
@@ -193,8 +132,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     env = os.environ if env is None else env
     database_url = _database_url(env)
 
-    redis_url = _get(env, "REDIS_URL")
-    sentinels_raw = _get(env, "REDIS_SENTINELS")
+    redis_url = get(env, "REDIS_URL")
+    sentinels_raw = get(env, "REDIS_SENTINELS")
     if redis_url and sentinels_raw:
         raise SettingsError(
             f"{PREFIX}REDIS_URL and {PREFIX}REDIS_SENTINELS are both set; set exactly one"
@@ -205,22 +144,22 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             "neither is set"
         )
     sentinels = _sentinels(sentinels_raw) if sentinels_raw else ()
-    redis_db_raw = _get(env, "REDIS_DB")
+    redis_db_raw = get(env, "REDIS_DB")
     if redis_db_raw is not None and not redis_db_raw.isdigit():
         raise SettingsError(f"{PREFIX}REDIS_DB must be a whole number >= 0, got {redis_db_raw!r}")
 
-    admin_token = _require(env, "ADMIN_TOKEN")
+    admin_token = require(env, "ADMIN_TOKEN")
     if len(admin_token) < MIN_ADMIN_TOKEN_LENGTH or PLACEHOLDER in admin_token:
         raise SettingsError(
             f"{PREFIX}ADMIN_TOKEN must be at least {MIN_ADMIN_TOKEN_LENGTH} characters long "
             f"and not the example vault's {PLACEHOLDER!r} placeholder"
         )
 
-    api_url = _get(env, "TELEGRAM_API_URL") or "https://api.telegram.org"
+    api_url = get(env, "TELEGRAM_API_URL") or "https://api.telegram.org"
     if urlsplit(api_url).scheme not in ("http", "https") or not urlsplit(api_url).hostname:
         raise SettingsError(f"{PREFIX}TELEGRAM_API_URL must be an http(s) URL, got {api_url!r}")
 
-    log_level = (_get(env, "LOG_LEVEL") or "INFO").upper()
+    log_level = (get(env, "LOG_LEVEL") or "INFO").upper()
     if log_level not in LOG_LEVELS:
         raise SettingsError(f"{PREFIX}LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
 
@@ -230,28 +169,26 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         admin_token=admin_token,
         redis_url=_redis_url(redis_url) if redis_url else None,
         redis_sentinels=sentinels,
-        redis_sentinel_master=_get(env, "REDIS_SENTINEL_MASTER") or "grimbots",
-        redis_password=_get(env, "REDIS_PASSWORD"),
+        redis_sentinel_master=get(env, "REDIS_SENTINEL_MASTER") or "grimbots",
+        redis_password=get(env, "REDIS_PASSWORD"),
         redis_db=int(redis_db_raw) if redis_db_raw is not None else 0,
-        redis_pool_size=_positive_int(env, "REDIS_POOL_SIZE", 20),
-        db_pool_size=_positive_int(env, "DB_POOL_SIZE", 5),
-        db_max_overflow=_non_negative_int(env, "DB_MAX_OVERFLOW", 5),
-        db_statement_timeout_ms=_non_negative_int(env, "DB_STATEMENT_TIMEOUT_MS", 10_000),
-        db_pgbouncer=_flag(env, "DB_PGBOUNCER"),
+        redis_pool_size=positive_int(env, "REDIS_POOL_SIZE", 20),
+        db_pool_size=positive_int(env, "DB_POOL_SIZE", 5),
+        db_max_overflow=non_negative_int(env, "DB_MAX_OVERFLOW", 5),
+        db_statement_timeout_ms=non_negative_int(env, "DB_STATEMENT_TIMEOUT_MS", 10_000),
+        db_pgbouncer=flag(env, "DB_PGBOUNCER"),
         telegram_api_url=api_url.rstrip("/"),
-        telegram_read_timeout=_positive_float(env, "TELEGRAM_READ_TIMEOUT_SECONDS", 10.0),
+        telegram_read_timeout=positive_float(env, "TELEGRAM_READ_TIMEOUT_SECONDS", 10.0),
         log_level=log_level,
-        dedupe_ttl_seconds=_positive_int(env, "DEDUPE_TTL_SECONDS", 86400),
-        health_failed_job_seconds=_positive_int(env, "HEALTH_FAILED_JOB_SECONDS", 600),
-        bot_admission_per_second=_non_negative_int(env, "BOT_ADMISSION_PER_SECOND", 100),
-        ops_port=_port(env, "OPS_PORT"),
+        dedupe_ttl_seconds=positive_int(env, "DEDUPE_TTL_SECONDS", 86400),
+        health_failed_job_seconds=positive_int(env, "HEALTH_FAILED_JOB_SECONDS", 600),
+        bot_admission_per_second=non_negative_int(env, "BOT_ADMISSION_PER_SECOND", 100),
+        ops_port=port(env, "OPS_PORT"),
     )
 
 
 def _pix_settings(env: Mapping[str, str]) -> PixSettings | None:
     """The PSP is optional, but all or nothing: one GRIMBOTS_PIX_* set means all required."""
-    from grimbots.pix.settings import PixSettings
-
     if not any(key.startswith(PREFIX + "PIX_") and value.strip() for key, value in env.items()):
         return None
     return PixSettings.from_env(env)

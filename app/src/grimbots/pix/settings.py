@@ -1,6 +1,6 @@
 """PSP settings from the environment (GRIMBOTS_PIX_*), checked like the main Settings.
 
-Errors are grimbots.settings.SettingsError with one line naming the variable and never
+Errors are grimbots.env.SettingsError with one line naming the variable and never
 its value when it is a secret; entry points turn them into exit code 2.
 """
 
@@ -12,14 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from grimbots.settings import (
-    PREFIX,
-    SettingsError,
-    _get,
-    _positive_float,
-    _positive_int,
-    _require,
-)
+from grimbots.env import PREFIX, SettingsError, get, positive_float, positive_int, require
 
 MIN_WEBHOOK_SECRET_LENGTH = 16
 _HEADER_NAME = re.compile(r"[A-Za-z0-9-]{1,64}")
@@ -56,28 +49,28 @@ class PixSettings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> PixSettings:
         """Read GRIMBOTS_PIX_* from `env` (default os.environ); SettingsError on a problem."""
         env = os.environ if env is None else env
-        base_url = _require(env, "PIX_BASE_URL").rstrip("/")
+        base_url = require(env, "PIX_BASE_URL").rstrip("/")
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise SettingsError(
                 f"{PREFIX}PIX_BASE_URL must be an http(s) URL like https://pix.example.com/v2"
             )
-        token_url = _get(env, "PIX_TOKEN_URL")
+        token_url = get(env, "PIX_TOKEN_URL")
         if token_url is not None and (
             urlsplit(token_url).scheme not in ("http", "https") or not urlsplit(token_url).hostname
         ):
             raise SettingsError(f"{PREFIX}PIX_TOKEN_URL must be an http(s) URL")
-        webhook_secret = _get(env, "PIX_WEBHOOK_SECRET")
+        webhook_secret = get(env, "PIX_WEBHOOK_SECRET")
         if webhook_secret is not None and len(webhook_secret) < MIN_WEBHOOK_SECRET_LENGTH:
             raise SettingsError(
                 f"{PREFIX}PIX_WEBHOOK_SECRET must be at least "
                 f"{MIN_WEBHOOK_SECRET_LENGTH} characters long"
             )
-        cert_header = _get(env, "PIX_CLIENT_CERT_HEADER")
+        cert_header = get(env, "PIX_CLIENT_CERT_HEADER")
         if cert_header is not None and not _HEADER_NAME.fullmatch(cert_header):
             raise SettingsError(f"{PREFIX}PIX_CLIENT_CERT_HEADER must be an HTTP header name")
         subjects = tuple(
-            s.strip() for s in (_get(env, "PIX_CLIENT_CERT_SUBJECTS") or "").split("|") if s.strip()
+            s.strip() for s in (get(env, "PIX_CLIENT_CERT_SUBJECTS") or "").split("|") if s.strip()
         )
         if subjects and cert_header is None:
             raise SettingsError(
@@ -96,29 +89,29 @@ class PixSettings:
             )
         return cls(
             base_url=base_url,
-            client_id=_require(env, "PIX_CLIENT_ID"),
-            client_secret=_require(env, "PIX_CLIENT_SECRET"),
-            pix_key=_require(env, "PIX_KEY"),
+            client_id=require(env, "PIX_CLIENT_ID"),
+            client_secret=require(env, "PIX_CLIENT_SECRET"),
+            pix_key=require(env, "PIX_KEY"),
             webhook_secret=webhook_secret,
             client_cert_header=cert_header,
             client_cert_subjects=subjects,
-            charge_expiry_seconds=_positive_int(
+            charge_expiry_seconds=positive_int(
                 env, "PIX_CHARGE_EXPIRY_SECONDS", DEFAULT_CHARGE_EXPIRY_SECONDS
             ),
-            read_timeout_seconds=_positive_float(
+            read_timeout_seconds=positive_float(
                 env, "PIX_READ_TIMEOUT_SECONDS", DEFAULT_READ_TIMEOUT_SECONDS
             ),
             token_url=token_url,
             client_cert_file=cert_file,
             client_key_file=key_file,
-            reconcile_after_seconds=_positive_int(
+            reconcile_after_seconds=positive_int(
                 env, "PIX_RECONCILE_AFTER_SECONDS", DEFAULT_RECONCILE_AFTER_SECONDS
             ),
         )
 
 
 def _existing_file(env: Mapping[str, str], name: str) -> str | None:
-    path = _get(env, name)
+    path = get(env, name)
     if path is not None and not os.path.isfile(path):
         raise SettingsError(f"{PREFIX}{name} must name a readable file, got {path!r}")
     return path

@@ -10,31 +10,19 @@ from grimbots import metrics
 from grimbots.bot_secrets import BotSecretCache, database_loader
 from grimbots.ingest import MAX_BODY_BYTES, TelegramIngest
 from grimbots.pix_ingest import PixIngest
-from grimbots.services import Services, init_services
+from grimbots.services import init_services
 from grimbots.settings import Settings
+from grimbots.web.admin import admin
+from grimbots.web.extension import EXTENSION, ingest_of, pix_ingest_of, services_of
+from grimbots.web.health import health
+from grimbots.web.pix_webhook import pix_webhook
+from grimbots.web.prometheus import metrics_bp
+from grimbots.web.telegram_webhook import telegram_webhook
 
-EXTENSION = "grimbots"
-
-
-def services_of(app: Flask) -> Services:
-    return app.extensions[EXTENSION]["services"]
-
-
-def ingest_of(app: Flask) -> TelegramIngest:
-    return app.extensions[EXTENSION]["ingest"]
-
-
-def pix_ingest_of(app: Flask) -> PixIngest:
-    return app.extensions[EXTENSION]["pix_ingest"]
+__all__ = ["create_app", "ingest_of", "pix_ingest_of", "services_of"]
 
 
 def create_app(settings: Settings) -> Flask:
-    from grimbots.web.admin import admin
-    from grimbots.web.health import health
-    from grimbots.web.pix_webhook import pix_webhook
-    from grimbots.web.prometheus import metrics_bp
-    from grimbots.web.telegram_webhook import telegram_webhook
-
     app = Flask(__name__)
     # Flask refuses bigger bodies with 413 itself; the webhook also checks before reading.
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES

@@ -8,7 +8,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from sqlalchemy import func, select
 
 from grimbots.models import Bot, Offer
-from grimbots.web import services_of
+from grimbots.web.extension import services_of
 
 admin = Blueprint("admin", __name__, url_prefix="/admin")
 

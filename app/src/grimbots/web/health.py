@@ -6,7 +6,7 @@ import orjson
 from flask import Blueprint, Response, current_app
 
 from grimbots import health as health_check
-from grimbots.web import services_of
+from grimbots.web.extension import services_of
 
 health = Blueprint("health", __name__)
 

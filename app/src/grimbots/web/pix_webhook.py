@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, request
 
-from grimbots.web import pix_ingest_of
+from grimbots.web.extension import pix_ingest_of
 
 pix_webhook = Blueprint("pix_webhook", __name__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, request
 
-from grimbots.web import ingest_of
+from grimbots.web.extension import ingest_of
 
 telegram_webhook = Blueprint("telegram_webhook", __name__)
 
