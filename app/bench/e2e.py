@@ -38,6 +38,7 @@ from pathlib import Path
 
 import httpx
 import orjson
+import psycopg
 import redis
 from openloop import open_loop
 from rq import Queue
@@ -89,7 +90,8 @@ class Traffic:
         self.base_update = (step + 1) * USERS_PER_STEP * 10
         self.expected: dict[tuple[int, int, str], int] = {}  # reply key -> request index
 
-    def request_of(self, i: int) -> tuple[str, bytes, dict[str, str]]:
+    def update_of(self, i: int) -> tuple[dict, bytes]:
+        """Update i of the step: (its bot, its JSON body)."""
         if i % 2 == 0:
             user, text, kind = self.base_user + i // 2, "/start", "welcome"
         elif i >= self.rate:  # the user whose /start went out about a second ago
@@ -110,6 +112,10 @@ class Traffic:
                 },
             }
         )
+        return bot, body
+
+    def request_of(self, i: int) -> tuple[str, bytes, dict[str, str]]:
+        bot, body = self.update_of(i)
         return bot["path"], body, {"X-Telegram-Bot-Api-Secret-Token": bot["secret"]}
 
 
@@ -118,6 +124,7 @@ def run_step(args, step: int, rate: float, ctx: dict) -> dict:
     http.delete(f"{tg_url}/_sandbox/calls").raise_for_status()
     traffic = Traffic(ctx["bots"], rate, step)
     load_before = load_average()
+    counters_before = counters(ctx)
     cpu_before = tree_cpu(groups)
     own_before = os.times()
     door = asyncio.run(
@@ -139,6 +146,7 @@ def run_step(args, step: int, rate: float, ctx: dict) -> dict:
     # The generator is this process; tree_cpu would count its children (everything else).
     cpu["generator"] = (own_after.user + own_after.system) - (own_before.user + own_before.system)
     load_after = load_average()
+    counters_after = counters(ctx)
 
     calls = http.get(f"{tg_url}/_sandbox/calls", params={"method": "sendMessage"}).json()["calls"]
     t0 = door["t0_wall"]
@@ -180,7 +188,36 @@ def run_step(args, step: int, rate: float, ctx: dict) -> dict:
         "cpu_ms_per_update_all": sum(cpu_ms.values()),
         "load_before": load_before,
         "load_after": load_after,
+        **{
+            f"{name}_per_update": (counters_after[name] - counters_before[name]) / max(accepted, 1)
+            for name in counters_before
+        },
     }
+
+
+def counters(ctx: dict) -> dict[str, float]:
+    """Redis commands and PostgreSQL transactions so far (for per-update counts)."""
+    values = {"redis_commands": float(ctx["redis"].info("stats")["total_commands_processed"])}
+    if ctx["pg_dsn"]:
+        with psycopg.connect(ctx["pg_dsn"], autocommit=True) as conn:
+            commits, rollbacks = conn.execute(
+                "SELECT xact_commit, xact_rollback FROM pg_stat_database WHERE datname = 'bench'"
+            ).fetchone()
+        values["pg_transactions"] = float(commits + rollbacks)
+    return values
+
+
+def write_statements(dsn: str, updates: int, path: Path) -> None:
+    """The app's statements during one rate, calls per update, busiest first."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT calls, total_exec_time, query FROM pg_stat_statements"
+            " WHERE query NOT LIKE '%pg_stat%' ORDER BY calls DESC"
+        ).fetchall()
+    lines = [
+        f"{calls / max(updates, 1):6.2f} per update  {ms:9.1f} ms  {q!r}" for calls, ms, q in rows
+    ]
+    path.write_text("\n".join(lines) + "\n")
 
 
 def table(results: list[dict]) -> str:
@@ -209,22 +246,33 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=30.0, help="seconds per rate")
     parser.add_argument("--tasks-workers", type=int, default=5)
     parser.add_argument("--web-workers", type=int, default=4)
+    parser.add_argument(
+        "--worker-class", help="`grimbots worker --worker-class` (default: the worker's own)"
+    )
     parser.add_argument("--bots", type=int, default=10)
     parser.add_argument("--database", choices=("postgres", "sqlite"), default="postgres")
     parser.add_argument("--drain-timeout", type=float, default=600.0)
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--keep-logs", type=Path, help="copy the processes' logs here")
+    parser.add_argument(
+        "--statements",
+        type=Path,
+        help="count the SQL statements of each rate (pg_stat_statements) into this folder",
+    )
     args = parser.parse_args()
     rates = [float(x) for x in args.rates.split(",")]
+    if args.statements:
+        args.statements.mkdir(parents=True, exist_ok=True)
 
     work = Path(tempfile.mkdtemp(prefix="grimbots-bench-e2e-"))
     procs = Processes(work)
     redis_server = RedisServer(work)
     pg = PostgresCluster() if args.database == "postgres" else None
+    pg_options = "-c shared_preload_libraries=pg_stat_statements" if args.statements else ""
     results: list[dict] = []
     try:
         redis_server.start()
-        database_url = pg.start() if pg else f"sqlite:///{work}/bench.db"
+        database_url = pg.start(options=pg_options) if pg else f"sqlite:///{work}/bench.db"
         web_port, tg_port = free_port(), free_port()
         tg_url = f"http://127.0.0.1:{tg_port}"
         (work / "prometheus").mkdir()
@@ -259,7 +307,12 @@ def main() -> None:
         )
         web = procs.spawn("web", gunicorn_command(web_port, args.web_workers), env)
         workers = [
-            procs.spawn(f"worker-{i}", [GRIMBOTS, "worker", "tasks"], env)
+            procs.spawn(
+                f"worker-{i}",
+                [GRIMBOTS, "worker", "tasks"]
+                + (["--worker-class", args.worker_class] if args.worker_class else []),
+                env,
+            )
             for i in range(args.tasks_workers)
         ]
         wait_port(tg_port)
@@ -283,11 +336,16 @@ def main() -> None:
             "web_port": web_port,
             "bots": bots,
             "groups": groups,
+            "pg_dsn": pg.dsn("bench") if pg else None,
         }
+        if args.statements and pg:
+            with psycopg.connect(pg.dsn("bench"), autocommit=True) as conn:
+                conn.execute("CREATE EXTENSION pg_stat_statements")
         commit = git_commit()
         print(
             f"# commit {commit}; {os.cpu_count()} cores; {args.database}; gunicorn x"
-            f"{args.web_workers} (gevent), tasks workers x{args.tasks_workers}, {args.bots} bots;"
+            f"{args.web_workers} (gevent), tasks workers x{args.tasks_workers}"
+            f" ({args.worker_class or 'default class'}), {args.bots} bots;"
             f" {args.duration:g} s per rate"
         )
         print(f"# uptime before: {uptime()}")
@@ -295,7 +353,14 @@ def main() -> None:
         warm = argparse.Namespace(**{**vars(args), "duration": 3.0})
         run_step(warm, 0, 20.0, ctx)
         for step, rate in enumerate(rates, start=1):
+            if args.statements and pg:
+                with psycopg.connect(pg.dsn("bench"), autocommit=True) as conn:
+                    conn.execute("SELECT pg_stat_statements_reset()")
             res = run_step(args, step, rate, ctx)
+            if args.statements and pg:
+                write_statements(
+                    pg.dsn("bench"), res["accepted"], args.statements / f"{rate:g}-sql.txt"
+                )
             results.append(res)
             c = res["cpu_ms_per_update"]
             print(
@@ -306,6 +371,8 @@ def main() -> None:
                 f"{1000 * res['p99_s']:.0f} ms, max {1000 * res['max_s']:.0f} ms, "
                 f"lost {res['lost']}, doubled {res['doubled']}, unexpected {res['unexpected']}, "
                 f"not 200 at stand-in {res['not_200_at_stand_in']}, drain {res['drain_s']:.1f} s; "
+                f"per update: {res['redis_commands_per_update']:.1f} Redis commands, "
+                f"{res.get('pg_transactions_per_update', float('nan')):.1f} PG transactions; "
                 f"CPU ms/update "
                 + ", ".join(f"{g} {c[g]:.2f}" for g in GROUPS)
                 + f" = {res['cpu_ms_per_update_all']:.2f}; load {res['load_before']} -> "

@@ -191,14 +191,15 @@ class PostgresCluster:
     def _run(self, *args: str) -> None:
         subprocess.run([*self.as_user, *args], check=True, capture_output=True, cwd="/")
 
-    def start(self, dbname: str = "bench") -> str:
-        """Start the cluster and create `dbname`; returns its SQLAlchemy URL."""
+    def start(self, dbname: str = "bench", options: str = "") -> str:
+        """Start the cluster and create `dbname`; returns its SQLAlchemy URL.
+        `options`: more postgres -c settings."""
         import psycopg
 
         self._run(str(PG_BIN / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust")
         options = (
             f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root} "
-            "-c max_connections=200 -c synchronous_commit=off"
+            f"-c max_connections=200 -c synchronous_commit=off {options}"
         )
         self._run(
             str(PG_BIN / "pg_ctl"),
