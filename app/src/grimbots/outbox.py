@@ -11,6 +11,7 @@ Exactly-once rules, enforced by the database:
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -90,15 +91,7 @@ def add_many(session, rows: list[dict[str, Any]]) -> dict[str, int]:
         }
         for key, row in sorted(unique.items())
     ]
-    insert = insert_for(session)
-    ids = dict(
-        session.execute(
-            insert(OutboxMessage)
-            .values(values)
-            .on_conflict_do_nothing(index_elements=["idempotency_key"])
-            .returning(OutboxMessage.idempotency_key, OutboxMessage.id)
-        ).all()
-    )
+    ids = dict(session.connection().execute(_add_many_statement(insert_for(session)), values).all())
     missing = [key for key in unique if key not in ids]
     if missing:  # made by an earlier run of the same work
         ids.update(
@@ -109,6 +102,16 @@ def add_many(session, rows: list[dict[str, Any]]) -> dict[str, int]:
             ).all()
         )
     return ids
+
+
+@functools.cache
+def _add_many_statement(insert):
+    table = OutboxMessage.__table__
+    return (
+        insert(table)
+        .on_conflict_do_nothing(index_elements=["idempotency_key"])
+        .returning(table.c.idempotency_key, table.c.id)
+    )
 
 
 def add_text(session, *, key: str, lead, kind: str, text: str) -> int:
@@ -140,22 +143,28 @@ def claim_in(session, outbox_ids: list[int]) -> list[Claimed]:
     making any of the calls (process_updates commits them with the rows it created)."""
     if not outbox_ids:
         return []
-    rows = session.execute(
-        update(OutboxMessage)
-        .where(OutboxMessage.id.in_(sorted(outbox_ids)), OutboxMessage.status == "pending")
-        .values(status="sending", attempts=OutboxMessage.attempts + 1, updated_at=func.now())
-        .returning(
-            OutboxMessage.id,
-            OutboxMessage.idempotency_key,
-            OutboxMessage.bot_id,
-            OutboxMessage.lead_id,
-            OutboxMessage.chat_id,
-            OutboxMessage.kind,
-            OutboxMessage.method,
-            OutboxMessage.payload,
-            OutboxMessage.attempts,
+    table = OutboxMessage.__table__
+    c = table.c
+    rows = (
+        session.connection()
+        .execute(
+            update(table)
+            .where(c.id.in_(sorted(outbox_ids)), c.status == "pending")
+            .values(status="sending", attempts=c.attempts + 1, updated_at=func.now())
+            .returning(
+                c.id,
+                c.idempotency_key,
+                c.bot_id,
+                c.lead_id,
+                c.chat_id,
+                c.kind,
+                c.method,
+                c.payload,
+                c.attempts,
+            )
         )
-    ).all()
+        .all()
+    )
     return [
         Claimed(
             id=row.id,
@@ -199,9 +208,10 @@ def mark_sent_many(db: Database, sent: list[tuple[int, int | None]]) -> None:
     if not sent:
         return
     with db.session() as session:
+        table = OutboxMessage.__table__
         session.connection().execute(
-            update(OutboxMessage)
-            .where(OutboxMessage.id == bindparam("row_id"), OutboxMessage.status == "sending")
+            update(table)
+            .where(table.c.id == bindparam("row_id"), table.c.status == "sending")
             .values(
                 status="sent",
                 telegram_message_id=bindparam("message_id"),

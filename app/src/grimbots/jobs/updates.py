@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -186,7 +187,6 @@ def process_updates(
 
     with services.db.session() as session:
         lead_ids = _upsert_leads(session, work)
-        insert = insert_for(session)
         inbound = {
             (u.bot.id, u.update_id): {
                 "bot_id": u.bot.id,
@@ -196,10 +196,8 @@ def process_updates(
             }
             for u in work
         }
-        session.execute(
-            insert(InboundUpdate)
-            .values([inbound[k] for k in sorted(inbound)])
-            .on_conflict_do_nothing(index_elements=["bot_id", "update_id"])
+        session.connection().execute(
+            _statements(insert_for(session))["inbound"], [inbound[k] for k in sorted(inbound)]
         )
         rows = [
             {
@@ -259,14 +257,24 @@ def _upsert_leads(session, work: list[_Update]) -> dict[tuple[int, int], int]:
     }
     if not values:
         return {}
-    insert = insert_for(session)(Lead)
-    refreshed = ("chat_id", "first_name", "username", "blocked")
-    rows = session.execute(
-        insert.values([values[k] for k in sorted(values)])
-        .on_conflict_do_update(
-            index_elements=["bot_id", "telegram_user_id"],
-            set_={c: insert.excluded[c] for c in refreshed},
-        )
-        .returning(Lead.bot_id, Lead.telegram_user_id, Lead.id)
-    ).all()
+    rows = session.connection().execute(
+        _statements(insert_for(session))["leads"], [values[k] for k in sorted(values)]
+    )
     return {(r.bot_id, r.telegram_user_id): r.id for r in rows}
+
+
+@functools.cache
+def _statements(insert) -> dict[str, Any]:
+    """The batch's INSERTs for one dialect, built once. Core statements on the tables run
+    with a list of rows (SQLAlchemy's executemany, one round trip), compiled once."""
+    leads = insert(Lead.__table__)
+    refreshed = ("chat_id", "first_name", "username", "blocked")
+    return {
+        "leads": leads.on_conflict_do_update(
+            index_elements=["bot_id", "telegram_user_id"],
+            set_={c: leads.excluded[c] for c in refreshed},
+        ).returning(leads.table.c.bot_id, leads.table.c.telegram_user_id, leads.table.c.id),
+        "inbound": insert(InboundUpdate.__table__).on_conflict_do_nothing(
+            index_elements=["bot_id", "update_id"]
+        ),
+    }
