@@ -33,6 +33,7 @@ async def open_loop(
     opened = 0
     latencies: list[float] = []
     statuses: dict[int, int] = {}
+    answered_200: set[int] = set()
     errors = 0
 
     async def connection():
@@ -76,6 +77,8 @@ async def open_loop(
             latencies.append(time.perf_counter() - scheduled)
             status = int(status_line.split()[1])
             statuses[status] = statuses.get(status, 0) + 1
+            if status == 200:
+                answered_200.add(i)
             if close:  # the sync worker closes every connection
                 writer.close()
                 conn = None
@@ -113,6 +116,7 @@ async def open_loop(
         "t0_wall": t0_wall,
         "achieved_rps": round(len(latencies) / elapsed, 1),
         "statuses": statuses,
+        "answered_200": answered_200,  # request indices
         "errors": errors,
         "connections": opened,  # at the end; never more than max_connections
         "p50_ms": round(pct(50), 2) if latencies else None,
