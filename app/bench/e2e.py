@@ -130,7 +130,7 @@ def run_step(args, step: int, rate: float, ctx: dict) -> dict:
     door = asyncio.run(
         open_loop("127.0.0.1", ctx["web_port"], traffic.request_of, rate, args.duration)
     )
-    sent_until = time.time()
+    sent_until = door["t0_wall"] + door["sent"] / rate  # the last update's send time
 
     tasks = Queue("tasks", connection=r)
     keys = (tasks.key, tasks.intermediate_queue_key)  # a dequeued job sits in the latter
@@ -147,6 +147,18 @@ def run_step(args, step: int, rate: float, ctx: dict) -> dict:
     cpu["generator"] = (own_after.user + own_after.system) - (own_before.user + own_before.system)
     load_after = load_average()
     counters_after = counters(ctx)
+
+    # What one finished update keeps in Redis, by key (the rest is registry entries).
+    bot, _ = traffic.update_of(0)
+    bot_id, update_id = bot["path"].rsplit("/", 1)[1], traffic.base_update
+    kept = {
+        name: r.memory_usage(key) or 0
+        for name, key in (
+            ("job hash", f"rq:job:tg-{bot_id}-{update_id}"),
+            ("result stream", f"rq:results:tg-{bot_id}-{update_id}"),
+            ("dedupe key", f"grimbots:dedupe:{bot_id}:{update_id}"),
+        )
+    }
 
     calls = http.get(f"{tg_url}/_sandbox/calls", params={"method": "sendMessage"}).json()["calls"]
     t0 = door["t0_wall"]
@@ -193,6 +205,7 @@ def run_step(args, step: int, rate: float, ctx: dict) -> dict:
         "drain_s": drained_at - sent_until,
         "cpu_ms_per_update": cpu_ms,
         "cpu_ms_per_update_all": sum(cpu_ms.values()),
+        "redis_bytes_of_one_update": kept,
         "load_before": load_before,
         "load_after": load_after,
         **{
@@ -385,7 +398,8 @@ def main() -> None:
                 f"{res['replied_but_not_answered_200']}, "
                 f"not 200 at stand-in {res['not_200_at_stand_in']}, drain {res['drain_s']:.1f} s; "
                 f"per update: {res['redis_commands_per_update']:.1f} Redis commands, "
-                f"{res['redis_bytes_per_update']:.0f} bytes kept in Redis, "
+                f"{res['redis_bytes_per_update']:.0f} bytes kept in Redis "
+                f"({', '.join(f'{k} {v}' for k, v in res['redis_bytes_of_one_update'].items())}), "
                 f"{res.get('pg_transactions_per_update', float('nan')):.1f} PG transactions; "
                 f"CPU ms/update "
                 + ", ".join(f"{g} {c[g]:.2f}" for g in GROUPS)
