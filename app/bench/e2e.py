@@ -224,10 +224,12 @@ def counters(ctx: dict) -> dict[str, float]:
     }
     if ctx["pg_dsn"]:
         with psycopg.connect(ctx["pg_dsn"], autocommit=True) as conn:
-            commits, rollbacks = conn.execute(
-                "SELECT xact_commit, xact_rollback FROM pg_stat_database WHERE datname = 'bench'"
+            commits, rollbacks, size = conn.execute(
+                "SELECT xact_commit, xact_rollback, pg_database_size('bench')"
+                " FROM pg_stat_database WHERE datname = 'bench'"
             ).fetchone()
         values["pg_transactions"] = float(commits + rollbacks)
+        values["pg_bytes"] = float(size)  # tables and indexes, what the updates stored
     return values
 
 
@@ -400,7 +402,8 @@ def main() -> None:
                 f"per update: {res['redis_commands_per_update']:.1f} Redis commands, "
                 f"{res['redis_bytes_per_update']:.0f} bytes kept in Redis "
                 f"({', '.join(f'{k} {v}' for k, v in res['redis_bytes_of_one_update'].items())}), "
-                f"{res.get('pg_transactions_per_update', float('nan')):.1f} PG transactions; "
+                f"{res.get('pg_transactions_per_update', float('nan')):.1f} PG transactions, "
+                f"{res.get('pg_bytes_per_update', float('nan')):.0f} bytes stored in PG; "
                 f"CPU ms/update "
                 + ", ".join(f"{g} {c[g]:.2f}" for g in GROUPS)
                 + f" = {res['cpu_ms_per_update_all']:.2f}; load {res['load_before']} -> "
