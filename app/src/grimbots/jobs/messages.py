@@ -99,13 +99,16 @@ def send_claimed(services: Services, claimed: list[outbox.Claimed]) -> dict[int,
             sent.append((row.id, _message_id(result)))
             outcomes[row.id] = "sent"
     outbox.mark_sent_many(services.db, sent)
+    retry: dict[int, float] = {}
     for row, result in zip(claimed, results, strict=True):
         if row.id not in outcomes:
-            outcome, delay = settle(services, row, result, 0)
+            outcomes[row.id], delay = settle(services, row, result, 0)
             if delay is not None:
-                time.sleep(delay)
-                outcome = deliver(services, row.id, inline_retries=1)
-            outcomes[row.id] = outcome
+                retry[row.id] = delay
+    if retry:  # back to pending: one wait for all of them, then deliver()'s own loop
+        time.sleep(max(retry.values()))
+        for outbox_id in retry:
+            outcomes[outbox_id] = deliver(services, outbox_id, inline_retries=1)
     return outcomes
 
 
