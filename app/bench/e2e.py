@@ -127,9 +127,13 @@ def run_step(args, step: int, rate: float, ctx: dict) -> dict:
     counters_before = counters(ctx)
     cpu_before = tree_cpu(groups)
     own_before = os.times()
-    door = asyncio.run(
-        open_loop("127.0.0.1", ctx["web_port"], traffic.request_of, rate, args.duration)
-    )
+    if args.backlog:
+        door = queue_backlog(args.backlog, traffic, ctx)
+        rate = float("inf")  # every update was due when the workers were let go
+    else:
+        door = asyncio.run(
+            open_loop("127.0.0.1", ctx["web_port"], traffic.request_of, rate, args.duration)
+        )
     sent_until = door["t0_wall"] + door["sent"] / rate  # the last update's send time
 
     tasks = Queue("tasks", connection=r)
@@ -215,6 +219,32 @@ def run_step(args, step: int, rate: float, ctx: dict) -> dict:
     }
 
 
+def queue_backlog(count: int, traffic: Traffic, ctx: dict) -> dict:
+    """A backlog like the load test's 1,000 req/s minute leaves: `count` updates queued
+    through the webhook's own code (TelegramIngest, in this process) while the workers are
+    suspended (RQ's suspend; each may finish the batch it holds), then let go."""
+    from rq.suspension import resume, suspend
+
+    suspend(ctx["redis"])
+    answered = set()
+    for i in range(count):
+        bot, body = traffic.update_of(i)
+        bot_id = int(bot["path"].rsplit("/", 1)[1])
+        answer = ctx["ingest"].handle(bot_id, bot["secret"], str(len(body)), lambda n, b=body: b)
+        if answer.status == 200:
+            answered.add(i)
+    released = time.time()
+    resume(ctx["redis"])
+    return {
+        "t0_wall": released,
+        "sent": count,
+        "statuses": {200: len(answered)},
+        "answered_200": answered,
+        "errors": count - len(answered),
+        "p95_ms": None,
+    }
+
+
 def counters(ctx: dict) -> dict[str, float]:
     """Redis commands and PostgreSQL transactions so far (for per-update counts)."""
     values = {
@@ -278,6 +308,12 @@ def main() -> None:
     parser.add_argument("--bots", type=int, default=10)
     parser.add_argument("--database", choices=("postgres", "sqlite"), default="postgres")
     parser.add_argument("--drain-timeout", type=float, default=600.0)
+    parser.add_argument(
+        "--backlog",
+        type=int,
+        help="instead of the sweep: queue this many updates with the workers suspended, then"
+        " time their drain (60000: what the load test's 1,000 req/s minute leaves)",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--keep-logs", type=Path, help="copy the processes' logs here")
     parser.add_argument(
@@ -367,6 +403,14 @@ def main() -> None:
         if args.statements and pg:
             with psycopg.connect(pg.dsn("bench"), autocommit=True) as conn:
                 conn.execute("CREATE EXTENSION pg_stat_statements")
+        if args.backlog:
+            from grimbots.bot_secrets import BotSecretCache
+            from grimbots.ingest import TelegramIngest
+            from grimbots.settings import load_settings
+
+            secrets = {int(b["path"].rsplit("/", 1)[1]): b["secret"] for b in bots}
+            ctx["ingest"] = TelegramIngest(load_settings(env), BotSecretCache(secrets.get))
+            rates = [1000.0]  # only shapes the traffic's mix (who writes again when)
         commit = git_commit()
         print(
             f"# commit {commit}; {os.cpu_count()} cores; {args.database}; gunicorn x"
@@ -376,7 +420,7 @@ def main() -> None:
         )
         print(f"# uptime before: {uptime()}")
         # Warm-up (not reported): connections, caches, the first INSERTs of each table.
-        warm = argparse.Namespace(**{**vars(args), "duration": 3.0})
+        warm = argparse.Namespace(**{**vars(args), "duration": 3.0, "backlog": None})
         run_step(warm, 0, 20.0, ctx)
         for step, rate in enumerate(rates, start=1):
             if args.statements and pg:
