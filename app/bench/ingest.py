@@ -23,60 +23,28 @@ import asyncio
 import os
 import re
 import shutil
-import signal
-import socket
-import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import orjson
 import redis
+from openloop import open_loop
+from servers import (
+    GRIMBOTS,
+    Processes,
+    RedisServer,
+    add_bot,
+    app_env,
+    cpu_seconds,
+    free_port,
+    gunicorn_command,
+    wait_port,
+)
 
 HERE = Path(__file__).resolve().parent
-BIN = Path(sys.executable).parent
 SECRET = "bench-secret-0123456789"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise SystemExit(f"nothing listening on {port} after {timeout}s")
-
-
-def cpu_seconds(pid: int, with_children: bool = True) -> float:
-    """utime + stime of a process and (optionally) its live children, from /proc."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    pids = [pid]
-    if with_children:
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-                except OSError:
-                    continue
-                if int(fields[1]) == pid:
-                    pids.append(int(entry.name))
-    total = 0.0
-    for p in pids:
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / ticks
-    return total
 
 
 def accepted_counter(base_url: str) -> tuple[float, float]:
@@ -102,49 +70,10 @@ def accepted_counter(base_url: str) -> tuple[float, float]:
     return accepted, ok
 
 
-# --- open-loop generator -------------------------------------------------------------
+def chat_update(path: str, base_id: int):
+    """request_of(i) for the open loop: a distinct text message per request."""
 
-
-async def open_loop(
-    host: str,
-    port: int,
-    path: str,
-    rate: float,
-    duration: float,
-    base_id: int,
-    max_connections: int = 64,
-) -> dict:
-    # Like a proxy in front of gunicorn (HAProxy's per-server maxconn): at most
-    # max_connections keep-alive connections; a request that finds them all busy waits for
-    # one, and that wait counts in its latency (measured from its scheduled send time).
-    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
-    released = asyncio.Condition()
-    opened = 0
-    latencies: list[float] = []
-    statuses: dict[int, int] = {}
-    errors = 0
-
-    async def connection():
-        nonlocal opened
-        async with released:
-            while not idle and opened >= max_connections:
-                await released.wait()
-            if idle:
-                return idle.pop()
-            opened += 1
-        return await asyncio.open_connection(host, port)
-
-    async def give_back(conn) -> None:
-        async with released:
-            if conn is None:
-                nonlocal opened
-                opened -= 1
-            else:
-                idle.append(conn)
-            released.notify()
-
-    async def one(i: int, scheduled: float) -> None:
-        nonlocal errors
+    def request_of(i: int) -> tuple[str, bytes, dict[str, str]]:
         body = orjson.dumps(
             {
                 "update_id": base_id + i,
@@ -157,68 +86,9 @@ async def open_loop(
                 },
             }
         )
-        request = (
-            f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-            f"X-Telegram-Bot-Api-Secret-Token: {SECRET}\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n"
-        ).encode() + body
-        conn = None
-        try:
-            conn = reader, writer = await connection()
-            writer.write(request)
-            status_line = await reader.readline()
-            length, close = 0, False
-            while (line := await reader.readline()) not in (b"\r\n", b""):
-                if line.lower().startswith(b"content-length:"):
-                    length = int(line.split(b":")[1])
-                close = close or line.lower().replace(b" ", b"") == b"connection:close\r\n"
-            await reader.readexactly(length)
-            latencies.append(time.perf_counter() - scheduled)
-            status = int(status_line.split()[1])
-            statuses[status] = statuses.get(status, 0) + 1
-            if close:  # the sync worker closes every connection
-                writer.close()
-                conn = None
-        except (OSError, asyncio.IncompleteReadError, IndexError, ValueError):
-            errors += 1
-            conn = None
-        await give_back(conn)
+        return path, body, {"X-Telegram-Bot-Api-Secret-Token": SECRET}
 
-    total = int(rate * duration)
-    tasks = []
-    start = time.perf_counter() + 0.1
-    for i in range(total):
-        scheduled = start + i / rate
-        delay = scheduled - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one(i, scheduled)))
-    # Bounded: whatever has not answered 30 s after the last send counts as an error.
-    _, pending = await asyncio.wait(tasks, timeout=30)
-    for task in pending:
-        task.cancel()
-    errors += len(pending)
-    elapsed = time.perf_counter() - start
-    for _, writer in idle:
-        writer.close()
-    latencies.sort()
-
-    def pct(p: float) -> float:
-        return latencies[min(len(latencies) - 1, int(p / 100 * len(latencies)))] * 1000
-
-    return {
-        "offered_rps": rate,
-        "sent": total,
-        "achieved_rps": round(len(latencies) / elapsed, 1),
-        "statuses": statuses,
-        "errors": errors,
-        "connections": opened,  # at the end; never more than max_connections
-        "p50_ms": round(pct(50), 2),
-        "p95_ms": round(pct(95), 2),
-        "p99_ms": round(pct(99), 2),
-        "max_ms": round(latencies[-1] * 1000, 2) if latencies else None,
-        "mean_ms": round(statistics.fmean(latencies) * 1000, 2) if latencies else None,
-    }
+    return request_of
 
 
 # --- orchestration -------------------------------------------------------------------
@@ -237,76 +107,37 @@ def main() -> None:
         raise SystemExit("wrk is not installed (apt-get install wrk)")
 
     work = Path(tempfile.mkdtemp(prefix="grimbots-bench-"))
-    procs: list[subprocess.Popen] = []
+    procs = Processes(work)
+    redis_server = RedisServer(work)
     try:
-        redis_port, web_port = free_port(), free_port()
-        procs.append(
-            subprocess.Popen(
-                [
-                    "redis-server",
-                    "--port",
-                    str(redis_port),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--dir",
-                    str(work),
-                ],
-                stdout=subprocess.DEVNULL,
-            )
-        )
-        wait_port(redis_port)
+        redis_server.start()
+        web_port = free_port()
         (work / "prometheus").mkdir()
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("GRIMBOTS_")},
-            "GRIMBOTS_DATABASE_URL": f"sqlite:///{work}/bench.db",
-            "GRIMBOTS_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
-            "GRIMBOTS_ADMIN_TOKEN": "bench-admin-token-0123456789-0123456789abcdef",
-            "GRIMBOTS_LOG_LEVEL": "WARNING",
-            # One bot at the peak rate: no per-bot admission limit here.
-            "GRIMBOTS_BOT_ADMISSION_PER_SECOND": "0",
-            "PROMETHEUS_MULTIPROC_DIR": str(work / "prometheus"),
-        }
-        grimbots = str(BIN / "grimbots")
-        subprocess.run([grimbots, "db", "upgrade"], env=env, check=True, capture_output=True)
-        bot = orjson.loads(
-            subprocess.run(
-                [grimbots, "bots", "add", "--name", "bench", "--credentials", "-"],
-                input=orjson.dumps({"token": "1:bench", "secret": SECRET}),
-                env=env,
-                check=True,
-                capture_output=True,
-            ).stdout
+        env = app_env(
+            f"sqlite:///{work}/bench.db",
+            redis_server.url,
+            GRIMBOTS_LOG_LEVEL="WARNING",
+            PROMETHEUS_MULTIPROC_DIR=str(work / "prometheus"),
         )
-        command = [
-            str(BIN / "gunicorn"),
-            "-c",
-            "python:grimbots.gunicorn_conf",
-            "grimbots.wsgi:app",
-            "--bind",
-            f"127.0.0.1:{web_port}",
-            "--workers",
-            str(args.workers),
-        ]
+        subprocess.run([GRIMBOTS, "db", "upgrade"], env=env, check=True, capture_output=True)
+        bot = add_bot(env, "bench", "1:bench", SECRET)
+        command = gunicorn_command(web_port, args.workers)
         if args.worker_class:
             command += ["--worker-class", args.worker_class]
         if args.threads:
             command += ["--threads", str(args.threads)]
-        procs.append(subprocess.Popen(command, env=env, stderr=open(work / "gunicorn.log", "wb")))  # noqa: SIM115
+        web = procs.spawn("gunicorn", command, env)
         wait_port(web_port)
         base_url = f"http://127.0.0.1:{web_port}"
         path = f"/webhook/telegram/{bot['id']}"
-        r = redis.Redis(port=redis_port)
+        r = redis.Redis(port=redis_server.port)
         time.sleep(1)
         print(f"# gunicorn: {' '.join(command[1:])}")
         print(f"# cores: {os.cpu_count()}, load before: {os.getloadavg()[0]:.2f}")
 
         # Phase 1: peak. CPU time per request is measured too: unlike req/s it barely
         # depends on what else the machine is doing at the time.
-        web_pid, redis_pid = procs[1].pid, procs[0].pid
+        web_pid, redis_pid = web.pid, redis_server.pid
         web_cpu, redis_cpu = cpu_seconds(web_pid), cpu_seconds(redis_pid, False)
         wrk_cpu = os.times().children_user + os.times().children_system
         wrk = subprocess.run(
@@ -363,7 +194,9 @@ def main() -> None:
         r.flushall()
         before_accepted, _ = accepted_counter(base_url)
         result = asyncio.run(
-            open_loop("127.0.0.1", web_port, path, args.rate, args.duration, base_id=2_000_000_000)
+            open_loop(
+                "127.0.0.1", web_port, chat_update(path, 2_000_000_000), args.rate, args.duration
+            )
         )
         time.sleep(0.5)
         accepted, ok = accepted_counter(base_url)
@@ -381,13 +214,8 @@ def main() -> None:
             f"enqueued in Redis {queued} -> {'OK' if queued == got_200 else 'MISMATCH'}"
         )
     finally:
-        for proc in reversed(procs):
-            proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        procs.stop_all()
+        redis_server.stop()
         shutil.rmtree(work, ignore_errors=True)
 
 

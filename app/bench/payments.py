@@ -37,88 +37,25 @@ import httpx
 import orjson
 import psycopg
 import redis
-from ingest import BIN, free_port, wait_port
 from rq import Queue
 from rq.job import Job
+from servers import (
+    GRIMBOTS,
+    PostgresCluster,
+    Processes,
+    RedisServer,
+    add_bot,
+    app_env,
+    free_port,
+    gunicorn_command,
+    wait_port,
+    wait_until,
+)
 
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
 SECRET = "bench-secret-0123456789"
 WEBHOOK_SECRET = "bench-webhook-secret-0123456789"
 PIX_KEY = "bench@example.com"
 PRICE_CENTS = 1990
-
-
-class Postgres:
-    """A throwaway cluster (initdb refuses root, so as root it runs as `postgres`)."""
-
-    def __init__(self):
-        self.port = free_port()
-        self.root = Path(tempfile.mkdtemp(prefix="grimbots-bench-pg-"))
-        self.as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-        if self.as_user:
-            shutil.chown(self.root, user="postgres")
-
-    def start(self) -> str:
-        data = self.root / "data"
-        run = [*self.as_user]
-        subprocess.run(
-            [*run, str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust"],
-            check=True,
-            capture_output=True,
-            cwd="/",
-        )
-        options = (
-            f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root} "
-            "-c max_connections=200 -c synchronous_commit=off"
-        )
-        subprocess.run(
-            [
-                *run,
-                str(PG_BIN / "pg_ctl"),
-                "-D",
-                str(data),
-                "-o",
-                options,
-                "-l",
-                str(self.root / "log"),
-                "-w",
-                "start",
-            ],
-            check=True,
-            capture_output=True,
-            cwd="/",
-        )
-        with psycopg.connect(
-            f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres", autocommit=True
-        ) as conn:
-            conn.execute("CREATE DATABASE bench")
-        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/bench"
-
-    def stop(self) -> None:
-        subprocess.run(
-            [
-                *self.as_user,
-                str(PG_BIN / "pg_ctl"),
-                "-D",
-                str(self.root / "data"),
-                "-m",
-                "immediate",
-                "stop",
-            ],
-            capture_output=True,
-            cwd="/",
-        )
-        shutil.rmtree(self.root, ignore_errors=True)
-
-
-def wait_until(predicate, timeout: float, what: str, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise SystemExit(f"timed out after {timeout}s waiting for {what}")
 
 
 def pct(values: list[float], p: float) -> float:
@@ -159,57 +96,32 @@ def main() -> None:
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="grimbots-bench-pay-"))
-    procs: list[subprocess.Popen] = []
-    pg = Postgres()
+    procs = Processes(work)
+    spawn = procs.spawn
+    redis_server = RedisServer(work)
+    pg = PostgresCluster()
     load_before = os.getloadavg()
 
-    def spawn(name: str, command: list[str], env: dict[str, str]) -> subprocess.Popen:
-        log = open(work / f"{name}.log", "wb")  # noqa: SIM115 - lives as long as the process
-        proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-        procs.append(proc)
-        return proc
-
     try:
-        redis_port, web_port, tg_port, psp_port = (free_port() for _ in range(4))
-        spawn(
-            "redis",
-            [
-                "redis-server",
-                "--port",
-                str(redis_port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(work),
-            ],
-            dict(os.environ),
-        )
+        web_port, tg_port, psp_port = (free_port() for _ in range(3))
+        redis_server.start()
         database_url = pg.start()
-        wait_port(redis_port)
         web_url = f"http://127.0.0.1:{web_port}"
         tg_url, psp_url = f"http://127.0.0.1:{tg_port}", f"http://127.0.0.1:{psp_port}"
         (work / "prometheus").mkdir()
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("GRIMBOTS_")},
-            "GRIMBOTS_DATABASE_URL": database_url,
-            "GRIMBOTS_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
-            "GRIMBOTS_ADMIN_TOKEN": "bench-admin-token-0123456789-abcdef",
-            "GRIMBOTS_LOG_LEVEL": "WARNING",
-            # One bot buys as fast as the clients go: no per-bot admission limit here.
-            "GRIMBOTS_BOT_ADMISSION_PER_SECOND": "0",
-            "GRIMBOTS_TELEGRAM_API_URL": tg_url,
-            "GRIMBOTS_PIX_BASE_URL": psp_url,
-            "GRIMBOTS_PIX_CLIENT_ID": "bench",
-            "GRIMBOTS_PIX_CLIENT_SECRET": "bench-secret",
-            "GRIMBOTS_PIX_KEY": PIX_KEY,
-            "GRIMBOTS_PIX_WEBHOOK_SECRET": WEBHOOK_SECRET,
-            "PROMETHEUS_MULTIPROC_DIR": str(work / "prometheus"),
-        }
-        grimbots = str(BIN / "grimbots")
+        env = app_env(
+            database_url,
+            redis_server.url,
+            GRIMBOTS_LOG_LEVEL="WARNING",
+            GRIMBOTS_TELEGRAM_API_URL=tg_url,
+            GRIMBOTS_PIX_BASE_URL=psp_url,
+            GRIMBOTS_PIX_CLIENT_ID="bench",
+            GRIMBOTS_PIX_CLIENT_SECRET="bench-secret",
+            GRIMBOTS_PIX_KEY=PIX_KEY,
+            GRIMBOTS_PIX_WEBHOOK_SECRET=WEBHOOK_SECRET,
+            PROMETHEUS_MULTIPROC_DIR=str(work / "prometheus"),
+        )
+        grimbots = GRIMBOTS
         spawn("telegram", [grimbots, "sandbox", "telegram", "--port", str(tg_port)], env)
         spawn(
             "psp",
@@ -241,8 +153,7 @@ def main() -> None:
                 ).stdout
             )
 
-        credentials = orjson.dumps({"token": "1:bench", "secret": SECRET})
-        bot = cli("bots", "add", "--name", "bench", "--credentials", "-", stdin=credentials)
+        bot = add_bot(env, "bench", "1:bench", SECRET)
         offer = cli(
             "offers",
             "add",
@@ -255,20 +166,7 @@ def main() -> None:
             "--access-link",
             "https://t.me/+gold",
         )
-        spawn(
-            "web",
-            [
-                str(BIN / "gunicorn"),
-                "-c",
-                "python:grimbots.gunicorn_conf",
-                "grimbots.wsgi:app",
-                "--bind",
-                f"127.0.0.1:{web_port}",
-                "--workers",
-                str(args.web_workers),
-            ],
-            env,
-        )
+        spawn("web", gunicorn_command(web_port, args.web_workers), env)
         fleet = (
             ("tasks", args.tasks_workers),
             ("gateway", args.gateway_workers),
@@ -279,7 +177,7 @@ def main() -> None:
                 spawn(f"worker-{queue}-{i}", [grimbots, "worker", queue], env)
         for port in (web_port, tg_port, psp_port):
             wait_port(port)
-        r = redis.Redis(port=redis_port)
+        r = redis.Redis(port=redis_server.port)
         wait_until(lambda: all(r.scard(f"rq:workers:{q}") == n for q, n in fleet), 60, "workers")
         http = httpx.Client(timeout=30)
         print(f"# cores: {os.cpu_count()}, load average before: {load_before[0]:.2f}")
@@ -358,7 +256,7 @@ def main() -> None:
         load_after = os.getloadavg()
         notifications = http.get(f"{psp_url}/_sandbox/notifications").json()["notifications"]
         by_txid = {note["txids"][0]: note for note in notifications}
-        with psycopg.connect(f"host=127.0.0.1 port={pg.port} user=postgres dbname=bench") as conn:
+        with psycopg.connect(pg.dsn("bench")) as conn:
             chat_of = dict(
                 conn.execute(
                     "SELECT p.txid, l.chat_id FROM payments p JOIN leads l ON l.id = p.lead_id"
@@ -405,14 +303,8 @@ def main() -> None:
             f"{load_mid[0]:.2f}, after phase 2 {load_after[0]:.2f}"
         )
     finally:
-        for proc in reversed(procs):
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        procs.stop_all()
+        redis_server.stop()
         pg.stop()
         shutil.rmtree(work, ignore_errors=True)
 

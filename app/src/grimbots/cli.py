@@ -268,10 +268,11 @@ def health_command() -> None:
 @click.option("--burst", is_flag=True, help="exit when the queues are empty")
 @click.option(
     "--worker-class",
-    type=click.Choice(["simple", "fork"]),
-    default="simple",
+    type=click.Choice(["batch", "simple", "fork"]),
+    default="batch",
     show_default=True,
-    help="simple runs jobs in the worker process (see grimbots.worker)",
+    help="batch and simple run jobs in the worker process, batch several updates at once"
+    " (see grimbots.worker)",
 )
 def worker_command(queues: tuple[str, ...], burst: bool, worker_class: str) -> None:
     """Run an RQ worker (with scheduler) on QUEUES: tasks, gateway, webhook."""

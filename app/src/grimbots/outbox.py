@@ -11,12 +11,13 @@ Exactly-once rules, enforced by the database:
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 
 from grimbots.db import Database, insert_for
 from grimbots.models import OutboxMessage
@@ -68,6 +69,51 @@ def add(
     return session.scalar(select(OutboxMessage.id).where(OutboxMessage.idempotency_key == key))
 
 
+def add_many(session, rows: list[dict[str, Any]]) -> dict[str, int]:
+    """add() for several rows in one statement (plus one more if some existed already).
+
+    Each row has add()'s keyword arguments; returns {key: id} for every row. Rows are
+    inserted in key order, so two transactions adding overlapping keys lock them in the
+    same order and cannot deadlock.
+    """
+    if not rows:
+        return {}
+    unique = {row["key"]: row for row in rows}
+    values = [
+        {
+            "idempotency_key": key,
+            "bot_id": row["bot_id"],
+            "lead_id": row["lead_id"],
+            "chat_id": row["chat_id"],
+            "kind": row["kind"],
+            "method": row["method"],
+            "payload": orjson.dumps(row["payload"]).decode(),
+        }
+        for key, row in sorted(unique.items())
+    ]
+    ids = dict(session.connection().execute(_add_many_statement(insert_for(session)), values).all())
+    missing = [key for key in unique if key not in ids]
+    if missing:  # made by an earlier run of the same work
+        ids.update(
+            session.execute(
+                select(OutboxMessage.idempotency_key, OutboxMessage.id).where(
+                    OutboxMessage.idempotency_key.in_(missing)
+                )
+            ).all()
+        )
+    return ids
+
+
+@functools.cache
+def _add_many_statement(insert):
+    table = OutboxMessage.__table__
+    return (
+        insert(table)
+        .on_conflict_do_nothing(index_elements=["idempotency_key"])
+        .returning(table.c.idempotency_key, table.c.id)
+    )
+
+
 def add_text(session, *, key: str, lead, kind: str, text: str) -> int:
     """add() for a plain sendMessage to a lead (payment messages, notices)."""
     return add(
@@ -88,35 +134,51 @@ def claim(db: Database, outbox_id: int) -> Claimed | None:
     Committed before the network call, so a crash during the call leaves `sending`.
     """
     with db.session() as session:
-        row = session.execute(
-            update(OutboxMessage)
-            .where(OutboxMessage.id == outbox_id, OutboxMessage.status == "pending")
-            .values(status="sending", attempts=OutboxMessage.attempts + 1, updated_at=func.now())
+        claimed = claim_in(session, [outbox_id])
+    return claimed[0] if claimed else None
+
+
+def claim_in(session, outbox_ids: list[int]) -> list[Claimed]:
+    """claim() for several rows, in the caller's transaction: the caller must commit before
+    making any of the calls (process_updates commits them with the rows it created)."""
+    if not outbox_ids:
+        return []
+    table = OutboxMessage.__table__
+    c = table.c
+    rows = (
+        session.connection()
+        .execute(
+            update(table)
+            .where(c.id.in_(sorted(outbox_ids)), c.status == "pending")
+            .values(status="sending", attempts=c.attempts + 1, updated_at=func.now())
             .returning(
-                OutboxMessage.id,
-                OutboxMessage.idempotency_key,
-                OutboxMessage.bot_id,
-                OutboxMessage.lead_id,
-                OutboxMessage.chat_id,
-                OutboxMessage.kind,
-                OutboxMessage.method,
-                OutboxMessage.payload,
-                OutboxMessage.attempts,
+                c.id,
+                c.idempotency_key,
+                c.bot_id,
+                c.lead_id,
+                c.chat_id,
+                c.kind,
+                c.method,
+                c.payload,
+                c.attempts,
             )
-        ).first()
-    if row is None:
-        return None
-    return Claimed(
-        id=row.id,
-        key=row.idempotency_key,
-        bot_id=row.bot_id,
-        lead_id=row.lead_id,
-        chat_id=row.chat_id,
-        kind=row.kind,
-        method=row.method,
-        payload=orjson.loads(row.payload),
-        attempts=row.attempts,
+        )
+        .all()
     )
+    return [
+        Claimed(
+            id=row.id,
+            key=row.idempotency_key,
+            bot_id=row.bot_id,
+            lead_id=row.lead_id,
+            chat_id=row.chat_id,
+            kind=row.kind,
+            method=row.method,
+            payload=orjson.loads(row.payload),
+            attempts=row.attempts,
+        )
+        for row in rows
+    ]
 
 
 def _finish(db: Database, outbox_id: int, **values: Any) -> bool:
@@ -139,6 +201,39 @@ def mark_sent(db: Database, outbox_id: int, telegram_message_id: int | None) -> 
         sent_at=func.now(),
         error=None,
     )
+
+
+def mark_sent_many(db: Database, sent: list[tuple[int, int | None]]) -> None:
+    """mark_sent() for several (outbox id, Telegram message id) pairs in one transaction."""
+    if not sent:
+        return
+    with db.session() as session:
+        table = OutboxMessage.__table__
+        session.connection().execute(
+            update(table)
+            .where(table.c.id == bindparam("row_id"), table.c.status == "sending")
+            .values(
+                status="sent",
+                telegram_message_id=bindparam("message_id"),
+                sent_at=func.now(),
+                updated_at=func.now(),
+                error=None,
+            ),
+            [{"row_id": row_id, "message_id": message_id} for row_id, message_id in sorted(sent)],
+        )
+
+
+def statuses_of(db: Database, outbox_ids: list[int]) -> dict[int, str]:
+    if not outbox_ids:
+        return {}
+    with db.session() as session:
+        return dict(
+            session.execute(
+                select(OutboxMessage.id, OutboxMessage.status).where(
+                    OutboxMessage.id.in_(outbox_ids)
+                )
+            ).all()
+        )
 
 
 def mark_failed(db: Database, outbox_id: int, error: str) -> bool:

@@ -12,7 +12,9 @@ ALL_QUEUES = (TASKS, GATEWAY, WEBHOOK)
 
 JOB_TIMEOUT_SECONDS = 60
 # Results are not read by anyone; keep them briefly for debugging. Failures stay a week.
-RESULT_TTL_SECONDS = 3600
+# A finished update job with its result costs Redis ~6.5 KB (docs/benchmarks.md, "Reply
+# path"): an hour of them at 340 updates/s would hold 8 GB, five minutes 0.7 GB.
+RESULT_TTL_SECONDS = 300
 FAILURE_TTL_SECONDS = 7 * 86400
 # Telegram updates: re-run on an exception or when the worker died mid-job (re-running an
 # update is safe: every write is idempotent and a reply is sent at most once). The first

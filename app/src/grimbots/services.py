@@ -1,7 +1,7 @@
 """The per-process connection pools and clients, built once from Settings.
 
-This is the only process-wide state: Redis pool, database engine, Telegram client and the
-PSP adapter (None when no PSP is configured; see Settings.pix).
+This is the only process-wide state: Redis pool, database engine, Telegram client, the PSP
+adapter (None when no PSP is configured; see Settings.pix) and the cache of bot profiles.
 Web processes build it in create_app(); RQ jobs call get_services(), which builds it from
 the environment on first use in the worker process.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from grimbots.bot_profiles import BotProfiles
 from grimbots.db import Database
 from grimbots.pix import ApiPixAdapter, PixAdapter
 from grimbots.redis_pool import RedisManager
@@ -23,15 +24,18 @@ class Services:
     redis: RedisManager
     db: Database
     telegram: TelegramClient
+    bots: BotProfiles
     pix: PixAdapter | None = None
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
+        db = Database(settings)
         return cls(
             settings=settings,
             redis=RedisManager(settings),
-            db=Database(settings),
+            db=db,
             telegram=TelegramClient(settings.telegram_api_url, settings.telegram_read_timeout),
+            bots=BotProfiles(db),
             pix=ApiPixAdapter(settings.pix) if settings.pix is not None else None,
         )
 

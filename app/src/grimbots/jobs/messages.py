@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import update
 
 from grimbots import metrics, outbox, payments
 from grimbots.jobs import current_job_id, tracked
 from grimbots.logs import event
-from grimbots.models import Bot, Lead
+from grimbots.models import Lead
 from grimbots.queues import TASKS, get_queue
 from grimbots.services import Services, get_services
+from grimbots.telegram import ApiResult
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +28,8 @@ MAX_INLINE_WAIT_SECONDS = 5.0
 INLINE_BACKOFF_SECONDS = (0.5, 1.0, 2.0)
 DEFERRED_BACKOFF_SECONDS = 30
 MAX_ATTEMPTS = 8
+# Bot API calls one worker makes at once (send_claimed); TelegramClient keeps 20 sockets.
+CONCURRENT_SENDS = 16
 
 
 @tracked
@@ -33,32 +38,17 @@ def send_outbox_message(outbox_id: int) -> str:
     return deliver(get_services(), outbox_id)
 
 
-def deliver(services: Services, outbox_id: int) -> str:
-    inline_retries = 0
+def deliver(services: Services, outbox_id: int, inline_retries: int = 0) -> str:
     while True:
         claimed = outbox.claim(services.db, outbox_id)
         if claimed is None:
             # Sent, failed, or `sending`: another run owns it or died mid-call (outcome
             # unknown). In every case this run must not call Telegram.
             status = outbox.status_of(services.db, outbox_id)
-            event(
-                log,
-                logging.INFO,
-                "outbox row not claimable, not sending",
-                outbox_id=outbox_id,
-                status=status,
-                job_id=current_job_id(),
-            )
+            _not_claimable(outbox_id, status)
             return f"skipped:{status}"
 
-        fields = {
-            "outbox_id": outbox_id,
-            "bot_id": claimed.bot_id,
-            "chat_id": claimed.chat_id,
-            "kind": claimed.kind,
-            "attempt": claimed.attempts,
-            "job_id": current_job_id(),
-        }
+        fields = _fields(claimed)
         if claimed.kind == payments.CODE_KIND:
             # A code held back (its job died, or was slow) until its payment was paid,
             # expired or failed: sending it now would only confuse the buyer.
@@ -69,90 +59,169 @@ def deliver(services: Services, outbox_id: int) -> str:
                 )
                 event(log, logging.INFO, "code not sent, payment settled", **fields)
                 return "moot"
-        with services.db.session() as session:
-            token = session.scalar(select(Bot.token).where(Bot.id == claimed.bot_id))
-        if token is None:
-            outbox.mark_failed(services.db, outbox_id, "bot no longer exists")
+        result = _call(services, claimed)
+        if result is None:
             return "failed"
-
-        result = services.telegram.call(token, claimed.method, claimed.payload)
-        metrics.OUTBOX_SENDS.labels(result.outcome).inc()
-
         if result.outcome == "ok":
-            message_id = (
-                result.result.get("message_id") if isinstance(result.result, dict) else None
-            )
+            message_id = _message_id(result)
             outbox.mark_sent(services.db, outbox_id, message_id)
             event(log, logging.INFO, "sent", telegram_message_id=message_id, **fields)
             return "sent"
+        outcome, delay = settle(services, claimed, result, inline_retries)
+        if delay is None:
+            return outcome
+        inline_retries += 1
+        time.sleep(delay)
 
-        if result.outcome == "blocked":
-            # The user blocked the bot: retrying cannot help. Remember it on the lead.
-            outbox.mark_failed(services.db, outbox_id, f"403: {result.description}")
-            if claimed.lead_id is not None:
-                with services.db.session() as session:
-                    session.execute(
-                        update(Lead).where(Lead.id == claimed.lead_id).values(blocked=True)
-                    )
-            event(log, logging.INFO, "lead blocked the bot; not retrying", **fields)
-            return "blocked"
 
-        if result.outcome == "rejected":
-            outbox.mark_failed(
-                services.db, outbox_id, f"{result.status_code}: {result.description}"
-            )
-            event(
-                log,
-                logging.WARNING,
-                "telegram rejected the call",
-                status=result.status_code,
-                error=result.description,
-                **fields,
-            )
-            return "failed"
+def send_claimed(services: Services, claimed: list[outbox.Claimed]) -> dict[int, str]:
+    """Send rows the caller has claimed (and committed), all at once; {outbox id: outcome}.
 
-        if result.outcome == "unknown":
-            outbox.mark_failed(services.db, outbox_id, f"{result.description}; not re-sent")
-            event(
-                log,
-                logging.WARNING,
-                "send outcome unknown, not re-sending",
-                error=result.description,
-                **fields,
-            )
-            return "unknown"
+    The calls run concurrently on the process's keep-alive connections, so one slow
+    Telegram answer does not hold up the others, and the rows that went out are marked
+    sent in one transaction. A failed call follows deliver()'s rules (settle()).
+    """
+    if len(claimed) == 1:
+        results = [_call(services, claimed[0])]
+    else:
+        results = list(_sender_pool().map(lambda row: _call(services, row), claimed))
+    outcomes: dict[int, str] = {}
+    sent = []
+    for row, result in zip(claimed, results, strict=True):
+        if result is None:
+            outcomes[row.id] = "failed"
+        elif result.outcome == "ok":
+            sent.append((row.id, _message_id(result)))
+            outcomes[row.id] = "sent"
+    outbox.mark_sent_many(services.db, sent)
+    retry: dict[int, float] = {}
+    for row, result in zip(claimed, results, strict=True):
+        if row.id not in outcomes:
+            outcomes[row.id], delay = settle(services, row, result, 0)
+            if delay is not None:
+                retry[row.id] = delay
+    if retry:  # back to pending: one wait for all of them, then deliver()'s own loop
+        time.sleep(max(retry.values()))
+        for outbox_id in retry:
+            outcomes[outbox_id] = deliver(services, outbox_id, inline_retries=1)
+    return outcomes
 
-        # retry_after or transient: known not delivered, so the row goes back to pending.
-        if claimed.attempts >= MAX_ATTEMPTS:
-            outbox.mark_failed(
-                services.db,
-                outbox_id,
-                f"gave up after {claimed.attempts} attempts: {result.description}",
-            )
-            event(log, logging.WARNING, "giving up", error=result.description, **fields)
-            return "failed"
-        outbox.release(services.db, outbox_id, result.description)
-        if result.outcome == "retry_after":
-            delay = result.retry_after or 1.0
-        elif inline_retries < len(INLINE_BACKOFF_SECONDS):
-            delay = INLINE_BACKOFF_SECONDS[inline_retries]
-        else:
-            delay = DEFERRED_BACKOFF_SECONDS
-        if delay <= MAX_INLINE_WAIT_SECONDS:
-            event(
-                log,
-                logging.INFO,
-                "retrying after a delay",
-                delay=delay,
-                reason=result.outcome,
-                **fields,
-            )
-            inline_retries += 1
-            time.sleep(delay)
-            continue
-        _retry_later(services, outbox_id, claimed.attempts, delay)
-        event(log, logging.INFO, "retry scheduled", delay=delay, reason=result.outcome, **fields)
-        return "scheduled"
+
+_pool: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def _sender_pool() -> ThreadPoolExecutor:
+    global _pool
+    if _pool is None or _pool[0] != os.getpid():
+        _pool = (os.getpid(), ThreadPoolExecutor(CONCURRENT_SENDS, thread_name_prefix="send"))
+    return _pool[1]
+
+
+def _fields(claimed: outbox.Claimed) -> dict[str, object]:
+    return {
+        "outbox_id": claimed.id,
+        "bot_id": claimed.bot_id,
+        "chat_id": claimed.chat_id,
+        "kind": claimed.kind,
+        "attempt": claimed.attempts,
+        "job_id": current_job_id(),
+    }
+
+
+def _not_claimable(outbox_id: int, status: str | None) -> None:
+    event(
+        log,
+        logging.INFO,
+        "outbox row not claimable, not sending",
+        outbox_id=outbox_id,
+        status=status,
+        job_id=current_job_id(),
+    )
+
+
+def _message_id(result: ApiResult) -> int | None:
+    return result.result.get("message_id") if isinstance(result.result, dict) else None
+
+
+def _call(services: Services, claimed: outbox.Claimed) -> ApiResult | None:
+    """The Bot API call for a claimed row; None (row marked failed) if its bot is gone."""
+    bot = services.bots.get(claimed.bot_id)
+    if bot is None:
+        outbox.mark_failed(services.db, claimed.id, "bot no longer exists")
+        return None
+    result = services.telegram.call(bot.token, claimed.method, claimed.payload)
+    metrics.OUTBOX_SENDS.labels(result.outcome).inc()
+    return result
+
+
+def settle(
+    services: Services, claimed: outbox.Claimed, result: ApiResult, inline_retries: int
+) -> tuple[str, float | None]:
+    """Record a call that did not succeed: (outcome, None) when done with the row, or
+    ("retry", delay) when it went back to pending to be claimed again after `delay`."""
+    fields = _fields(claimed)
+    outbox_id = claimed.id
+    if result.outcome == "blocked":
+        # The user blocked the bot: retrying cannot help. Remember it on the lead.
+        outbox.mark_failed(services.db, outbox_id, f"403: {result.description}")
+        if claimed.lead_id is not None:
+            with services.db.session() as session:
+                session.execute(update(Lead).where(Lead.id == claimed.lead_id).values(blocked=True))
+        event(log, logging.INFO, "lead blocked the bot; not retrying", **fields)
+        return "blocked", None
+
+    if result.outcome == "rejected":
+        outbox.mark_failed(services.db, outbox_id, f"{result.status_code}: {result.description}")
+        event(
+            log,
+            logging.WARNING,
+            "telegram rejected the call",
+            status=result.status_code,
+            error=result.description,
+            **fields,
+        )
+        return "failed", None
+
+    if result.outcome == "unknown":
+        outbox.mark_failed(services.db, outbox_id, f"{result.description}; not re-sent")
+        event(
+            log,
+            logging.WARNING,
+            "send outcome unknown, not re-sending",
+            error=result.description,
+            **fields,
+        )
+        return "unknown", None
+
+    # retry_after or transient: known not delivered, so the row goes back to pending.
+    if claimed.attempts >= MAX_ATTEMPTS:
+        outbox.mark_failed(
+            services.db,
+            outbox_id,
+            f"gave up after {claimed.attempts} attempts: {result.description}",
+        )
+        event(log, logging.WARNING, "giving up", error=result.description, **fields)
+        return "failed", None
+    outbox.release(services.db, outbox_id, result.description)
+    if result.outcome == "retry_after":
+        delay = result.retry_after or 1.0
+    elif inline_retries < len(INLINE_BACKOFF_SECONDS):
+        delay = INLINE_BACKOFF_SECONDS[inline_retries]
+    else:
+        delay = DEFERRED_BACKOFF_SECONDS
+    if delay <= MAX_INLINE_WAIT_SECONDS:
+        event(
+            log,
+            logging.INFO,
+            "retrying after a delay",
+            delay=delay,
+            reason=result.outcome,
+            **fields,
+        )
+        return "retry", delay
+    _retry_later(services, outbox_id, claimed.attempts, delay)
+    event(log, logging.INFO, "retry scheduled", delay=delay, reason=result.outcome, **fields)
+    return "scheduled", None
 
 
 def retry_job_id(outbox_id: int, attempt: int) -> str:

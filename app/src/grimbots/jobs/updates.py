@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import select
 
 from grimbots import outbox
+from grimbots.bot_profiles import BotProfile, OfferInfo
 from grimbots.db import insert_for
 from grimbots.jobs import current_job_id, tracked
 from grimbots.jobs.gateway import enqueue_charge
-from grimbots.jobs.messages import deliver
+from grimbots.jobs.messages import send_claimed
 from grimbots.logs import event
-from grimbots.models import Bot, InboundUpdate, Lead, Offer
+from grimbots.models import InboundUpdate, Lead
 from grimbots.pix import brl_label
 from grimbots.services import get_services
 
@@ -95,7 +97,7 @@ def command_of(text: object) -> Command | None:
     return Command(name.lower(), bot or None) if name else None
 
 
-def offers_keyboard(offers: list[Offer]) -> dict[str, Any]:
+def offers_keyboard(offers: Sequence[OfferInfo]) -> dict[str, Any]:
     return {
         "inline_keyboard": [
             [
@@ -109,7 +111,7 @@ def offers_keyboard(offers: list[Offer]) -> dict[str, Any]:
     }
 
 
-def for_us(command: Command, bot: Bot) -> bool:
+def for_us(command: Command, bot: BotProfile) -> bool:
     """In a group: "/start@ThisBot", or "/start" naming no bot, when we know our name."""
     if not bot.username:
         return False
@@ -117,9 +119,9 @@ def for_us(command: Command, bot: Bot) -> bool:
 
 
 def decide(
-    session, bot: Bot, kind: str, body: dict[str, Any], sender: Sender
+    bot: BotProfile, kind: str, body: dict[str, Any], sender: Sender
 ) -> tuple[list[Reply], int | None]:
-    """What to answer; also the offer id when the user pressed a buy button.
+    """What to answer one update; also the offer id when the user pressed a buy button.
 
     A private chat gets the welcome on /start and a pointer to it on anything else. In a
     group or supergroup only a /start meant for this bot is answered, with a link to the
@@ -133,15 +135,12 @@ def decide(
                 return [group_invite(bot, body, sender.chat_id)], None
             return [], None
         if command is not None and command.name == "start":
-            offers = list(
-                session.scalars(select(Offer).where(Offer.bot_id == bot.id).order_by(Offer.id))
-            )
             payload: dict[str, Any] = {
                 "chat_id": sender.chat_id,
                 "text": bot.welcome_text or DEFAULT_WELCOME,
             }
-            if offers:
-                payload["reply_markup"] = offers_keyboard(offers)
+            if bot.offers:
+                payload["reply_markup"] = offers_keyboard(bot.offers)
             return [Reply("welcome", "sendMessage", payload)], None
         return [
             Reply("reply", "sendMessage", {"chat_id": sender.chat_id, "text": POINT_TO_OFFERS})
@@ -159,10 +158,7 @@ def decide(
             and data[len(BUY_PREFIX) :].isascii()
             and data[len(BUY_PREFIX) :].isdigit()
         ):
-            candidate = int(data[len(BUY_PREFIX) :])
-            offer = session.scalar(
-                select(Offer).where(Offer.id == candidate, Offer.bot_id == bot.id)
-            )
+            offer = bot.offer(int(data[len(BUY_PREFIX) :]))
             if offer is not None:
                 offer_id = offer.id
                 answer["text"] = f"Preparing your PIX payment for {offer.name}..."
@@ -173,7 +169,7 @@ def decide(
     return [], None  # edits, membership changes...: recorded, not answered
 
 
-def group_invite(bot: Bot, body: dict[str, Any], chat_id: int) -> Reply:
+def group_invite(bot: BotProfile, body: dict[str, Any], chat_id: int) -> Reply:
     """The answer to a /start in a group: a deep link to the private chat, where we sell."""
     payload: dict[str, Any] = {
         "chat_id": chat_id,
@@ -198,62 +194,157 @@ def group_invite(bot: Bot, body: dict[str, Any], chat_id: int) -> Reply:
 
 @tracked
 def process_update(bot_id: int, update_id: int, update_json: str) -> str:
-    services = get_services()
-    fields = {"bot_id": bot_id, "update_id": update_id, "job_id": current_job_id()}
-    update = orjson.loads(update_json)
-    kind, body = classify(update)
+    """RQ job for one update (the webhook enqueues one per update). A worker that finds
+    several waiting runs them together through process_updates (grimbots.worker)."""
+    return process_updates([(bot_id, update_id, update_json)], [current_job_id()])[0]
 
-    with services.db.session() as session:
-        bot = session.get(Bot, bot_id)
-        if bot is None:
-            event(log, logging.WARNING, "update for unknown bot dropped", **fields)
-            return "unknown_bot"
-        sender = sender_of(kind, body) if body is not None else None
-        insert = insert_for(session)
-        lead_id = None
-        if sender is not None and sender.private:  # a lead's chat is their private one
-            # Writing to us again means they no longer block the bot.
-            values = {
-                "chat_id": sender.chat_id,
-                "first_name": sender.first_name,
-                "username": sender.username,
-                "blocked": False,
-            }
-            session.execute(
-                insert(Lead)
-                .values(bot_id=bot_id, telegram_user_id=sender.user_id, **values)
-                .on_conflict_do_update(index_elements=["bot_id", "telegram_user_id"], set_=values)
-            )
-            lead_id = session.scalar(
-                select(Lead.id).where(
-                    Lead.bot_id == bot_id, Lead.telegram_user_id == sender.user_id
-                )
-            )
-        session.execute(
-            insert(InboundUpdate)
-            .values(bot_id=bot_id, update_id=update_id, kind=kind, lead_id=lead_id)
-            .on_conflict_do_nothing(index_elements=["bot_id", "update_id"])
-        )
-        replies, offer_id = decide(session, bot, kind, body, sender) if sender else ([], None)
-        outbox_ids = [
-            outbox.add(
-                session,
-                key=outbox.idempotency_key(bot_id, sender.chat_id, update_id, reply.kind),
-                bot_id=bot_id,
-                lead_id=lead_id,
-                chat_id=sender.chat_id,
-                kind=reply.kind,
-                method=reply.method,
-                payload=reply.payload,
-            )
-            for reply in replies
+
+@dataclass
+class _Update:
+    bot: BotProfile
+    update_id: int
+    kind: str
+    sender: Sender | None
+    replies: list[Reply]
+    offer_id: int | None
+    job_id: str | None
+
+    @property
+    def outbox_keys(self) -> list[str]:
+        if self.sender is None:
+            return []
+        chat_id = self.sender.chat_id
+        return [
+            outbox.idempotency_key(self.bot.id, chat_id, self.update_id, r.kind)
+            for r in self.replies
         ]
 
-    # After the commit: the rows the next steps read are visible to everyone.
-    results = [deliver(services, outbox_id) for outbox_id in outbox_ids]
-    if offer_id is not None and lead_id is not None:
-        enqueue_charge(services, bot_id, lead_id, offer_id, update_id)
-    event(
-        log, logging.INFO, "update processed", kind=kind, replies=",".join(results) or "-", **fields
+
+def process_updates(
+    updates: Sequence[tuple[int, int, str]], job_ids: Sequence[str | None]
+) -> list[str]:
+    """Handle updates (bot_id, update_id, update_json); returns each one's kind.
+
+    The effects of each update are those of handling it alone, in a fixed number of
+    statements for the whole batch: one transaction upserts the leads, records the
+    inbound updates (unique per bot and update), creates the outbox rows (unique keys)
+    and claims them (pending -> sending); it commits before any Bot API call, then the
+    replies go out concurrently (grimbots.jobs.messages.send_claimed).
+    """
+    services = get_services()
+    kinds: list[str] = []
+    work: list[_Update] = []
+    for (bot_id, update_id, update_json), job_id in zip(updates, job_ids, strict=True):
+        kind, body = classify(orjson.loads(update_json))
+        kinds.append(kind)
+        bot = services.bots.get(bot_id)
+        if bot is None:
+            event(
+                log,
+                logging.WARNING,
+                "update for unknown bot dropped",
+                bot_id=bot_id,
+                update_id=update_id,
+                job_id=job_id,
+            )
+            kinds[-1] = "unknown_bot"
+            continue
+        sender = sender_of(kind, body) if body is not None else None
+        replies, offer_id = decide(bot, kind, body, sender) if sender else ([], None)
+        work.append(_Update(bot, update_id, kind, sender, replies, offer_id, job_id))
+    if not work:
+        return kinds
+
+    with services.db.session() as session:
+        lead_ids = _upsert_leads(session, work)
+        inbound = {
+            (u.bot.id, u.update_id): {
+                "bot_id": u.bot.id,
+                "update_id": u.update_id,
+                "kind": u.kind,
+                "lead_id": lead_ids.get((u.bot.id, u.sender.user_id)) if u.sender else None,
+            }
+            for u in work
+        }
+        session.connection().execute(
+            _statements(insert_for(session))["inbound"], [inbound[k] for k in sorted(inbound)]
+        )
+        rows = [
+            {
+                "key": key,
+                "bot_id": u.bot.id,
+                "lead_id": lead_ids.get((u.bot.id, u.sender.user_id)),
+                "chat_id": u.sender.chat_id,
+                "kind": r.kind,
+                "method": r.method,
+                "payload": r.payload,
+            }
+            for u in work
+            if u.sender is not None
+            for r, key in zip(u.replies, u.outbox_keys, strict=True)
+        ]
+        outbox_ids = outbox.add_many(session, rows)
+        claimed = outbox.claim_in(session, list(set(outbox_ids.values())))
+
+    # Committed: the claimed rows are `sending` and ours alone to send.
+    outcomes = send_claimed(services, claimed)
+    unclaimed = [i for i in outbox_ids.values() if i not in outcomes]
+    for outbox_id, status in outbox.statuses_of(services.db, unclaimed).items():
+        outcomes[outbox_id] = f"skipped:{status}"
+    for u in work:
+        lead_id = lead_ids.get((u.bot.id, u.sender.user_id)) if u.sender else None
+        if u.offer_id is not None and lead_id is not None:
+            enqueue_charge(services, u.bot.id, lead_id, u.offer_id, u.update_id)
+        results = [outcomes[outbox_ids[key]] for key in u.outbox_keys]
+        event(
+            log,
+            logging.INFO,
+            "update processed",
+            kind=u.kind,
+            replies=",".join(results) or "-",
+            bot_id=u.bot.id,
+            update_id=u.update_id,
+            job_id=u.job_id,
+        )
+    return kinds
+
+
+def _upsert_leads(session, work: list[_Update]) -> dict[tuple[int, int], int]:
+    """Insert or refresh the lead of every sender; {(bot id, Telegram user id): lead id}.
+    Writing to us again means they no longer block the bot. One row per lead (the last
+    update's names win), in key order so concurrent batches lock leads in the same order."""
+    values = {
+        (u.bot.id, u.sender.user_id): {
+            "bot_id": u.bot.id,
+            "telegram_user_id": u.sender.user_id,
+            "chat_id": u.sender.chat_id,
+            "first_name": u.sender.first_name,
+            "username": u.sender.username,
+            "blocked": False,
+        }
+        for u in sorted(work, key=lambda u: u.update_id)
+        if u.sender is not None and u.sender.private  # a lead's chat is their private one
+    }
+    if not values:
+        return {}
+    rows = session.connection().execute(
+        _statements(insert_for(session))["leads"], [values[k] for k in sorted(values)]
     )
-    return kind
+    return {(r.bot_id, r.telegram_user_id): r.id for r in rows}
+
+
+@functools.cache
+def _statements(insert) -> dict[str, Any]:
+    """The batch's INSERTs for one dialect, built once. Core statements on the tables run
+    with a list of rows (SQLAlchemy's executemany, one round trip), compiled once."""
+    leads = insert(Lead.__table__)
+    refreshed = ("chat_id", "first_name", "username", "blocked")
+    return {
+        "leads": leads.on_conflict_do_update(
+            index_elements=["bot_id", "telegram_user_id"],
+            set_={c: leads.excluded[c] for c in refreshed},
+        ).returning(leads.table.c.bot_id, leads.table.c.telegram_user_id, leads.table.c.id),
+        "inbound": insert(InboundUpdate.__table__).on_conflict_do_nothing(
+            index_elements=["bot_id", "update_id"]
+        ),
+    }
