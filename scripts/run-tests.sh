@@ -80,9 +80,13 @@ if [[ $stage == all || $stage == app ]]; then
 fi
 if [[ $stage == all || $stage == molecule ]]; then
   if [[ -n ${2:-} ]]; then list=$2; else list=$(scenarios); fi
-  if grep -qx grimbots <<<"$list"; then
-    run "build: wheelhouse" make --no-print-directory wheelhouse
-  fi
+  # Scenarios that install the app (they set grimbots_* role variables) need its wheels.
+  for scenario in $list; do
+    if grep -q 'grimbots_' "molecule/$scenario/molecule.yml"; then
+      run "build: wheelhouse" make --no-print-directory wheelhouse
+      break
+    fi
+  done
   for scenario in $list; do
     run "molecule: $scenario" molecule_test "$scenario"
   done

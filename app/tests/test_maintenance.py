@@ -80,6 +80,10 @@ def test_update_failing_past_its_retries_is_processed_once_when_the_database_is_
     assert health(env)["checks"]["failed_jobs"][TASKS] == {"count": 0, "oldest_seconds": None}
     stats = maintenance.stats(raw)
     assert stats["requeued:tasks"] == 1 and stats["last_run"] > 0
+    # Counted in /metrics too, summed over every host's sweeps.
+    text = Client(create_app(load_settings(env))).get("/metrics").get_data(as_text=True)
+    assert 'grimbots_maintenance_requeued_jobs_total{queue="tasks"} 1.0' in text
+    assert "grimbots_maintenance_last_run_timestamp_seconds " in text
 
 
 def test_a_job_failing_again_waits_twice_as_long(bot, services, start_worker, redis_client):

@@ -20,6 +20,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.registry import Collector
 
 HTTP_REQUESTS = Counter(
     "grimbots_http_requests_total", "HTTP requests answered", ["route", "status"]
@@ -106,15 +107,25 @@ def multiprocess_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 
-def render() -> tuple[bytes, str]:
-    """The exposition text for /metrics and its content type."""
+def render(*collectors: Collector) -> tuple[bytes, str]:
+    """The exposition text for /metrics and its content type.
+
+    `collectors` are evaluated for this scrape only (grimbots.metrics_collector: the state
+    of Redis and the database), after the processes' own samples.
+    """
+    registry = REGISTRY
     if multiprocess_dir():
         from prometheus_client import multiprocess
 
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+    body = generate_latest(registry)
+    if collectors:
+        scrape = CollectorRegistry(auto_describe=False)
+        for collector in collectors:
+            scrape.register(collector)
+        body += generate_latest(scrape)
+    return body, CONTENT_TYPE_LATEST
 
 
 def mark_process_dead(pid: int) -> None:

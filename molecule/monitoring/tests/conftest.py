@@ -1,0 +1,21 @@
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "shared"))
+
+from infra import attach_journal_on_failure
+
+# Quoted: the journal helper passes them through a shell.
+JOURNALS = {
+    "monitoring": ["prometheus", "prometheus-alertmanager"],
+    "app": ["grimbots-web", "'rq-worker@*'", "'grimbots-sandbox@*'", "prometheus-node-exporter"],
+    "redis": ["prometheus-redis-exporter", "redis-sentinel"],
+}
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    attach_journal_on_failure(item, outcome.get_result(), JOURNALS)
