@@ -17,6 +17,7 @@ NO_PSP = {
         "grimbots_pix_client_secret",
         "grimbots_pix_key",
         "grimbots_pix_webhook_secret",
+        "grimbots_pix_webhook_url",
     )
 }
 
@@ -58,6 +59,7 @@ def test_maintenance_sweep_runs_without_a_psp(app):
     )
     assert "Result=success" in props and "ExecMainStatus=0" in props, props
     # It swept, or the timer's run of this same minute had (one sweep per minute).
-    assert health(app)["checks"]["maintenance"]["last_run_seconds_ago"] <= time.time() - since + 1
+    assert health(app)["checks"]["maintenance"]["last_run_seconds_ago"] <= 65
     swept = json.loads(app.check_output("grimbots-manage maintenance --force"))
     assert swept["swept"] is True and "failed jobs requeued" in swept, swept
+    assert health(app)["checks"]["maintenance"]["last_run_seconds_ago"] <= time.time() - since + 1
