@@ -371,3 +371,34 @@ def test_cli_moves_and_rolls_back(live, tmp_path, empty_pg, redis_url):
     )
     assert listed.returncode == 0, listed.stderr
     assert [b["name"] for b in orjson.loads(listed.stdout)] == ["bot-1", "bot-2", "bot-3"]
+
+
+def test_replace_refreshes_what_an_earlier_attempt_left(live, tmp_path, empty_pg):
+    """A move stopped before the switch leaves rows in PostgreSQL that SQLite has changed or
+    deleted since; the next attempt's copy --replace starts from the new backup."""
+    move.copy(move.backup(live, tmp_path / "b").path, empty_pg)
+    engine = make_engine(f"sqlite:///{live}")
+    with engine.begin() as conn:
+        conn.execute(update(OutboxMessage).where(OutboxMessage.id == 1001).values(status="sent"))
+        conn.execute(delete(Delivery).where(Delivery.id == 2010))
+    engine.dispose()
+    newer = move.backup(live, tmp_path / "b").path
+    assert not move.verify(newer, empty_pg).ok  # the plain copy would keep the stale rows
+    report = move.copy(newer, empty_pg, replace=True)
+    assert (
+        report.tables["deliveries"]["replaced"] == 24
+        and report.tables["deliveries"]["copied"] == 23
+    )
+    assert move.verify(newer, empty_pg).ok
+
+
+def test_replace_refuses_a_live_postgresql(live, tmp_path, empty_pg):
+    snapshot = move.backup(live, tmp_path / "b").path
+    move.copy(snapshot, empty_pg)
+    engine = make_engine(empty_pg)
+    with engine.begin() as conn:  # a row the app wrote to PostgreSQL after a switch
+        conn.execute(insert(Bot).values(name="live", token="1:x", webhook_secret="s"))
+    engine.dispose()
+    with pytest.raises(move.MoveError, match="refusing to replace"):
+        move.copy(snapshot, empty_pg, replace=True)
+    assert count(empty_pg, Bot) == 4  # nothing removed

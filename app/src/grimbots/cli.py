@@ -505,13 +505,18 @@ def sqlite_to_postgres_backup(live: Path | None, backup_dir: Path) -> None:
     type=click.IntRange(min=0),
     help="sequences go to max(id) + this (room for rows written during the switch)",
 )
+@click.option("--replace", is_flag=True, help="first empty what an earlier attempt left")
 @click.option("--dry-run", is_flag=True, help="say what would be copied, change nothing")
-def sqlite_to_postgres_copy(backup_dir, target_url_file, batch_size, id_margin, dry_run) -> None:
+def sqlite_to_postgres_copy(
+    backup_dir, target_url_file, batch_size, id_margin, replace, dry_run
+) -> None:
     """Schema (the app's migrations), rows in foreign-key order, sequences."""
     from grimbots.sqlite_to_postgres import copy, latest_backup
 
     target = _target_url(target_url_file)
-    _move_step(lambda: copy(latest_backup(backup_dir), target, batch_size, id_margin, dry_run))
+    _move_step(
+        lambda: copy(latest_backup(backup_dir), target, batch_size, id_margin, dry_run, replace)
+    )
 
 
 @sqlite_to_postgres.command("verify")

@@ -5,11 +5,13 @@ Three steps, each one command of `grimbots sqlite-to-postgres` and each safe to 
 - backup: a consistent copy of the live SQLite file through SQLite's online backup API
   (the app may keep writing), checked with PRAGMA integrity_check and foreign_key_check,
   with its SHA-256 beside it. The live file is only ever read.
-- copy: from such a backup into PostgreSQL: the schema first, with the app's own Alembic
-  migrations; then every table in foreign-key order, in batches, keeping every primary key
-  (queued RQ jobs refer to rows by id); rows already there are left alone, so a second run
-  copies nothing. Then every sequence is moved up to the copy's max(id) (plus an optional
-  margin for rows the SQLite-era web still writes while it is switched over; never down).
+- copy: from such a backup into PostgreSQL, in one transaction: the schema first, with the
+  app's own Alembic migrations; then every table in foreign-key order, in batches, keeping
+  every primary key (queued RQ jobs refer to rows by id); rows already there are left alone,
+  so a second run copies nothing. Then every sequence is moved up to the copy's max(id) (plus
+  an optional margin for rows the SQLite-era web still writes while it is switched over;
+  never down). With replace, the tables are emptied first (an earlier attempt's rows may be
+  stale), unless PostgreSQL holds ids above SQLite's highest, which means it is live already.
 - verify: per table, the row counts, the primary-key sets and a checksum of every row, read
   through the models' own column types on both sides. "exact" wants them equal; "contained"
   (after the switch, when PostgreSQL has moved on) wants every SQLite row present.
@@ -29,7 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, Table, create_engine, func, inspect, select, text
+from sqlalchemy import Engine, Integer, Table, create_engine, func, inspect, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from grimbots import migrate
@@ -174,20 +176,24 @@ def _check_source_schema(source: Engine) -> None:
         )
 
 
-def _source_batches(source: Engine, table: Table, batch_size: int) -> Iterator[list[dict]]:
+def _batches(conn, table: Table, batch_size: int) -> Iterator[list[dict]]:
     """The table's rows as dicts, in primary-key order, batch by batch (keyset paging)."""
     pk = _pk(table)
     last = None
-    with source.connect() as conn:
-        while True:
-            query = select(table).order_by(pk).limit(batch_size)
-            if last is not None:
-                query = query.where(pk > last)
-            rows = [dict(row._mapping) for row in conn.execute(query)]
-            if not rows:
-                return
-            yield rows
-            last = rows[-1][pk.name]
+    while True:
+        query = select(table).order_by(pk).limit(batch_size)
+        if last is not None:
+            query = query.where(pk > last)
+        rows = [dict(row._mapping) for row in conn.execute(query)]
+        if not rows:
+            return
+        yield rows
+        last = rows[-1][pk.name]
+
+
+def _source_batches(engine: Engine, table: Table, batch_size: int) -> Iterator[list[dict]]:
+    with engine.connect() as conn:
+        yield from _batches(conn, table, batch_size)
 
 
 def copy(
@@ -196,8 +202,13 @@ def copy(
     batch_size: int = DEFAULT_BATCH_SIZE,
     id_margin: int = 0,
     dry_run: bool = False,
+    replace: bool = False,
 ) -> CopyReport:
-    """Copy the SQLite snapshot into PostgreSQL; see the module's docstring."""
+    """Copy the SQLite snapshot into PostgreSQL, in one transaction (all or nothing).
+
+    replace: first empty the tables (what an earlier, interrupted attempt left), unless
+    PostgreSQL holds ids its own sequences gave out (see _empty_tables).
+    """
     source = snapshot_engine(snapshot)
     target = make_engine(target_url)
     report = CopyReport(dry_run=dry_run)
@@ -208,49 +219,78 @@ def copy(
             migrate.upgrade(target_url)
         report.schema_after = migrate.head_revision() if not dry_run else report.schema_before
         schema_there = report.schema_before is not None or not dry_run
-        for table in tables():
-            report.tables[str(table.name)] = _copy_table(
-                source, target, table, batch_size, dry_run, schema_there
-            )
-        if schema_there:
-            report.sequences = _move_sequences(source, target, id_margin, dry_run)
+        with target.begin() as conn:
+            conn.execute(text("SET LOCAL TIME ZONE 'UTC'"))
+            replaced = _empty_tables(source, conn, dry_run) if replace else {}
+            for table in tables():
+                counts = _copy_table(source, conn, table, batch_size, dry_run, schema_there)
+                if replace:
+                    counts["replaced"] = replaced.get(str(table.name), 0)
+                report.tables[str(table.name)] = counts
+            if schema_there:
+                report.sequences = _move_sequences(source, conn, id_margin, dry_run)
     finally:
         source.dispose()
         target.dispose()
     return report
 
 
-def _copy_table(source, target, table, batch_size, dry_run, schema_there) -> dict[str, int]:
+def _empty_tables(source, conn, dry_run) -> dict[str, int]:
+    """Rows removed per table. Refused when PostgreSQL holds ids above the snapshot's highest
+    (ids its own sequences gave out: the app is writing to it already). Rows SQLite deleted
+    since, or changed, are what replacing is for."""
+    removed = {}
+    with source.connect() as src:
+        for table in tables():
+            if not inspect(conn).has_table(table.name):
+                continue
+            pk = _pk(table)
+            removed[str(table.name)] = conn.scalar(select(func.count()).select_from(table))
+            if not isinstance(pk.type, Integer):
+                continue  # UUIDs say nothing about where a row was born
+            highest = src.scalar(select(func.max(pk))) or 0
+            born = conn.scalar(select(func.count()).select_from(table).where(pk > highest))
+            if born:
+                raise MoveError(
+                    f"PostgreSQL's {table.name} holds {born} rows with ids above the SQLite "
+                    f"backup's highest ({highest}): the app may be writing to it already; "
+                    "refusing to replace it"
+                )
+    if not dry_run and any(removed.values()):
+        names = ", ".join(f'"{name}"' for name in removed)
+        conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY"))
+    return removed
+
+
+def _copy_table(source, conn, table, batch_size, dry_run, schema_there) -> dict[str, int]:
     pk = _pk(table)
     counts = {"source": 0, "present": 0, "copied": 0}
-    with target.begin() as conn:
-        conn.execute(text("SET LOCAL TIME ZONE 'UTC'"))
-        for rows in _source_batches(source, table, batch_size):
-            counts["source"] += len(rows)
-            if not schema_there:
-                continue
-            keys = [row[pk.name] for row in rows]
-            present = set(conn.scalars(select(pk).where(pk.in_(keys))))
-            counts["present"] += len(present)
-            missing = [row for row in rows if row[pk.name] not in present]
-            if dry_run or not missing:
-                continue
-            # A row may still clash on another unique key (a PSP callback repeated after the
-            # switch): it is already there under a new id, so it is left out and reported.
-            inserted = conn.execute(
-                pg_insert(table).on_conflict_do_nothing().returning(pk), missing
-            ).all()
-            counts["copied"] += len(inserted)
+    for rows in _source_batches(source, table, batch_size):
+        counts["source"] += len(rows)
+        if not schema_there:
+            continue
+        keys = [row[pk.name] for row in rows]
+        present = set(conn.scalars(select(pk).where(pk.in_(keys))))
+        counts["present"] += len(present)
+        missing = [row for row in rows if row[pk.name] not in present]
+        if dry_run or not missing:
+            continue
+        # A row may still clash on another unique key (a PSP callback repeated after the
+        # switch): it is already there under a new id, so it is left out and reported.
+        inserted = conn.execute(
+            pg_insert(table).on_conflict_do_nothing().returning(pk), missing
+        ).all()
+        counts["copied"] += len(inserted)
     counts["would_copy" if dry_run else "clashed"] = (
         counts["source"] - counts["present"] - counts["copied"]
     )
     return counts
 
 
-def _move_sequences(source, target, id_margin, dry_run) -> dict[str, dict[str, int]]:
+def _move_sequences(source, dst, id_margin, dry_run) -> dict[str, dict[str, int]]:
     """Move each serial column's sequence to at least max(id) (+ margin); never down."""
     moved = {}
-    with source.connect() as src, target.begin() as dst:
+    with source.connect() as src:
         for table in tables():
             pk = _pk(table)
             sequence = dst.execute(
@@ -287,11 +327,11 @@ def _normal(value: Any) -> Any:
     return value
 
 
-def _row_hashes(engine: Engine, table: Table, batch_size: int) -> Iterator[tuple[Any, str]]:
+def _row_hashes(batches: Iterator[list[dict]], table: Table) -> Iterator[tuple[Any, str]]:
     """(primary key, SHA-256 of the row) in primary-key order."""
     pk = _pk(table)
     names = [column.name for column in table.columns]
-    for rows in _source_batches(engine, table, batch_size):
+    for rows in batches:
         for row in rows:
             canonical = repr([_normal(row[name]) for name in names]).encode()
             yield _normal(row[pk.name]), hashlib.sha256(canonical).hexdigest()
@@ -397,8 +437,8 @@ def verify(
             if table.name not in present:
                 raise MoveError(f"PostgreSQL has no table {table.name}")
             _merge(
-                _row_hashes(source, table, batch_size),
-                _row_hashes(target, table, batch_size),
+                _row_hashes(_source_batches(source, table, batch_size), table),
+                _row_hashes(_source_batches(target, table, batch_size), table),
                 check,
             )
             report.tables[str(table.name)] = check
