@@ -49,8 +49,13 @@ def phase2(pg_url, *args):
     """ansible-playbook playbooks/phase2-postgres.yml with the PostgreSQL URL."""
     env = {**os.environ, "ANSIBLE_ROLES_PATH": str(ROOT / "roles")}
     command = [
-        "ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], str(PHASE2),
-        "-e", f"grimbots_database_url={pg_url}", *args,
+        "ansible-playbook",
+        "-i",
+        os.environ["MOLECULE_INVENTORY_FILE"],
+        str(PHASE2),
+        "-e",
+        f"grimbots_database_url={pg_url}",
+        *args,
     ]
     started = time.monotonic()
     done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
@@ -60,8 +65,9 @@ def phase2(pg_url, *args):
 
 
 def env_url(app) -> str:
-    return re.search(r'^GRIMBOTS_DATABASE_URL="([^"]*)"', app.file(ENV_FILE).content_string,
-                     re.M).group(1)
+    return re.search(
+        r'^GRIMBOTS_DATABASE_URL="([^"]*)"', app.file(ENV_FILE).content_string, re.M
+    ).group(1)
 
 
 def psql(db, query):
@@ -78,8 +84,9 @@ def recap(stdout: str, host: str) -> dict:
 
 def published(port: int) -> str:
     container = inventory_groups()["app"][0]
-    out = subprocess.run(["podman", "port", container, f"{port}/tcp"], capture_output=True,
-                         text=True, check=True).stdout.split()
+    out = subprocess.run(
+        ["podman", "port", container, f"{port}/tcp"], capture_output=True, text=True, check=True
+    ).stdout.split()
     return f"http://{out[0]}"
 
 
@@ -123,18 +130,45 @@ def test_the_move_under_load_loses_and_duplicates_nothing(app, db, pg_url, tmp_p
     # web restarts on its held socket), but no request may fail.
     load = subprocess.Popen(
         [
-            sys.executable, str(ROOT / "loadtest" / "run.py"), "--ramp",
-            "--stage-seconds", "150", "--rate", "40", "--retry-rate", "20",
-            "--host", published(8000), "--psp", published(8082), "--bots", str(bots),
-            "--inventory", os.environ["MOLECULE_INVENTORY_FILE"], "--reports", str(reports),
-            "--max-fail-ratio", "0", "--max-p95-ms", "60000", "--no-audit",
+            sys.executable,
+            str(ROOT / "loadtest" / "run.py"),
+            "--ramp",
+            "--stage-seconds",
+            "150",
+            "--rate",
+            "40",
+            "--retry-rate",
+            "20",
+            "--host",
+            published(8000),
+            "--psp",
+            published(8082),
+            "--bots",
+            str(bots),
+            "--inventory",
+            os.environ["MOLECULE_INVENTORY_FILE"],
+            "--reports",
+            str(reports),
+            "--max-fail-ratio",
+            "0",
+            "--max-p95-ms",
+            "60000",
+            "--no-audit",
         ],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=ROOT,
     )
     try:
-        wait_until(lambda: (reports / "sent.jsonl").exists()
-                   and (reports / "sent.jsonl").stat().st_size > 20_000,
-                   timeout=120, what="the load to be under way")
+        wait_until(
+            lambda: (
+                (reports / "sent.jsonl").exists()
+                and (reports / "sent.jsonl").stat().st_size > 20_000
+            ),
+            timeout=120,
+            what="the load to be under way",
+        )
         done = phase2(pg_url)
         assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
         assert env_url(app).startswith("postgresql+psycopg://")
@@ -147,11 +181,22 @@ def test_the_move_under_load_loses_and_duplicates_nothing(app, db, pg_url, tmp_p
 
     env = {**os.environ, "ANSIBLE_ROLES_PATH": str(ROOT / "roles")}
     audit = subprocess.run(
-        ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"],
-         str(ROOT / "playbooks" / "loadtest-audit.yml"),
-         "-e", f"loadtest_sent={reports / 'sent.jsonl'}",
-         "-e", f"loadtest_report={reports / 'audit.txt'}", "-e", "loadtest_drain_timeout=600"],
-        capture_output=True, text=True, env=env, check=False,
+        [
+            "ansible-playbook",
+            "-i",
+            os.environ["MOLECULE_INVENTORY_FILE"],
+            str(ROOT / "playbooks" / "loadtest-audit.yml"),
+            "-e",
+            f"loadtest_sent={reports / 'sent.jsonl'}",
+            "-e",
+            f"loadtest_report={reports / 'audit.txt'}",
+            "-e",
+            "loadtest_drain_timeout=600",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
     )
     report = (reports / "audit.txt").read_text() if (reports / "audit.txt").exists() else ""
     print(report[-3000:])
@@ -165,10 +210,13 @@ def test_the_move_under_load_loses_and_duplicates_nothing(app, db, pg_url, tmp_p
     )
     assert contained.rc == 0, contained.stdout
     tables = json.loads(contained.stdout)["tables"]
-    assert tables["inbound_updates"]["source_rows"] > 0 and tables["inbound_updates"]["missing"] == 0
-    assert int(psql(db, "SELECT count(*) FROM inbound_updates")) >= tables["inbound_updates"][
-        "source_rows"
-    ]
+    assert (
+        tables["inbound_updates"]["source_rows"] > 0 and tables["inbound_updates"]["missing"] == 0
+    )
+    assert (
+        int(psql(db, "SELECT count(*) FROM inbound_updates"))
+        >= tables["inbound_updates"]["source_rows"]
+    )
 
 
 def test_a_second_run_changes_nothing(app, pg_url):
