@@ -6,8 +6,10 @@ a bad setting exits with code 2 and one line naming it. Machine-readable output 
 
 from __future__ import annotations
 
+import os
 import secrets
 import sys
+from pathlib import Path
 
 import click
 import orjson
@@ -528,4 +530,119 @@ def audit_command(sent_file, drain_timeout: float, run_label: str | None) -> Non
     services = _services()
     report = audit(services, read_sent(sent_file.readlines()), drain_timeout)
     click.echo(report.render())
+    sys.exit(0 if report.ok else 1)
+
+
+@main.group("sqlite-to-postgres")
+def sqlite_to_postgres() -> None:
+    """Move the phase-1 SQLite database into PostgreSQL: backup, copy, verify.
+
+    Each prints a JSON report; exit 1 when the step failed (a verify found differences).
+    The PostgreSQL URL comes from --target-url-file, else from GRIMBOTS_DATABASE_URL once
+    that is PostgreSQL. See grimbots.sqlite_to_postgres.
+    """
+
+
+def _move_step(step, *args, **kwargs):
+    from grimbots.sqlite_to_postgres import MoveError
+
+    try:
+        report = step(*args, **kwargs)
+    except MoveError as exc:
+        _print_json({"ok": False, "error": str(exc)})
+        sys.exit(1)
+    _print_json(report.as_dict())
+    return report
+
+
+def _target_url(url_file) -> str:
+    from grimbots.settings import SettingsError, load_settings
+
+    settings = load_settings_or_exit()
+    if url_file is None:
+        if settings.is_sqlite:
+            raise click.UsageError("GRIMBOTS_DATABASE_URL is SQLite: give --target-url-file")
+        return settings.database_url
+    env = {**os.environ, "GRIMBOTS_DATABASE_URL": url_file.read().strip()}
+    try:
+        target = load_settings(env)
+    except SettingsError as exc:
+        raise click.UsageError(f"--target-url-file: {exc}") from None
+    if target.is_sqlite:
+        raise click.UsageError("--target-url-file must hold a PostgreSQL URL")
+    return target.database_url
+
+
+@sqlite_to_postgres.command("backup")
+@click.option(
+    "--sqlite",
+    "live",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="the live database (default: GRIMBOTS_DATABASE_URL's file)",
+)
+@click.option("--backup-dir", required=True, type=click.Path(path_type=Path))
+def sqlite_to_postgres_backup(live: Path | None, backup_dir: Path) -> None:
+    """Online backup of the live file, integrity_check, SHA-256."""
+    from grimbots.sqlite_to_postgres import backup
+
+    if live is None:
+        settings = load_settings_or_exit()
+        if not settings.is_sqlite:
+            raise click.UsageError("GRIMBOTS_DATABASE_URL is not SQLite: give --sqlite")
+        live = Path(settings.database_url.removeprefix("sqlite:///"))
+    _move_step(backup, live, backup_dir)
+
+
+@sqlite_to_postgres.command("copy")
+@click.option(
+    "--backup-dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="copies from the newest backup there",
+)
+@click.option("--target-url-file", type=click.File("r"), default=None)
+@click.option("--batch-size", default=1000, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--id-margin",
+    default=0,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="sequences go to max(id) + this (room for rows written during the switch)",
+)
+@click.option("--replace", is_flag=True, help="first empty what an earlier attempt left")
+@click.option("--dry-run", is_flag=True, help="say what would be copied, change nothing")
+def sqlite_to_postgres_copy(
+    backup_dir, target_url_file, batch_size, id_margin, replace, dry_run
+) -> None:
+    """Schema (the app's migrations), rows in foreign-key order, sequences."""
+    from grimbots.sqlite_to_postgres import copy, latest_backup
+
+    target = _target_url(target_url_file)
+    _move_step(
+        lambda: copy(latest_backup(backup_dir), target, batch_size, id_margin, dry_run, replace)
+    )
+
+
+@sqlite_to_postgres.command("verify")
+@click.option(
+    "--backup-dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="compares the newest backup there",
+)
+@click.option("--target-url-file", type=click.File("r"), default=None)
+@click.option(
+    "--mode",
+    type=click.Choice(["exact", "contained"]),
+    default="exact",
+    show_default=True,
+    help="contained: every SQLite row is there (after the switch)",
+)
+def sqlite_to_postgres_verify(backup_dir, target_url_file, mode: str) -> None:
+    """Row counts, primary-key sets and row checksums, table by table."""
+    from grimbots.sqlite_to_postgres import latest_backup, verify
+
+    target = _target_url(target_url_file)
+    report = _move_step(lambda: verify(latest_backup(backup_dir), target, mode))
     sys.exit(0 if report.ok else 1)

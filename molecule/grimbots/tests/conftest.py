@@ -17,6 +17,7 @@ JOURNALS = {
         "grimbots-reconcile",
     ],
     "redis": ["redis-server"],
+    "postgres": ["postgresql@15-main"],
 }
 
 

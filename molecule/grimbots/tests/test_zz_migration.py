@@ -1,0 +1,226 @@
+"""Phase 2 on a live phase-1 install: playbooks/phase2-postgres.yml moves the app from
+SQLite to PostgreSQL (the db host, provisioned by converge) while the load mix runs.
+
+Last of the scenario's tests, by its name (it moves the app's database for good). In order:
+ 1. a verify that fails (PostgreSQL holds a different row 1 of `bots`) stops the move before
+    the switch, and the app carries on with the untouched SQLite file: the rollback;
+ 2. --check prints what the copy would do and changes nothing;
+ 3. the move itself under load: no request refused, then the audit finds 0 lost and 0
+    duplicated, and every row of the last SQLite backup is in PostgreSQL;
+ 4. a second run changes nothing.
+"""
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from infra import host_in, inventory_groups, wait_until
+
+ROOT = Path(__file__).resolve().parents[3]
+PHASE2 = ROOT / "playbooks" / "phase2-postgres.yml"
+APP_DB_PASSWORD = "molecule-postgres-app-password"
+ENV_FILE = "/etc/grimbots/grimbots.env"
+BACKUPS = "/var/lib/grimbots/sqlite-backups"
+
+
+@pytest.fixture(scope="module")
+def app():
+    return host_in("app")
+
+
+@pytest.fixture(scope="module")
+def db():
+    return host_in("postgres")
+
+
+@pytest.fixture(scope="module")
+def pg_url():
+    db_host = inventory_groups()["postgres"][0]
+    return f"postgresql+psycopg://grimbots:{APP_DB_PASSWORD}@{db_host}:5432/grimbots"
+
+
+def phase2(pg_url, *args):
+    """ansible-playbook playbooks/phase2-postgres.yml with the PostgreSQL URL."""
+    env = {**os.environ, "ANSIBLE_ROLES_PATH": str(ROOT / "roles")}
+    command = [
+        "ansible-playbook",
+        "-i",
+        os.environ["MOLECULE_INVENTORY_FILE"],
+        str(PHASE2),
+        "-e",
+        f"grimbots_database_url={pg_url}",
+        *args,
+    ]
+    started = time.monotonic()
+    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    print(f"\nMEASURE phase2 {' '.join(args) or 'full'}: {time.monotonic() - started:.0f}s")
+    print(done.stdout[-5000:])
+    return done
+
+
+def env_url(app) -> str:
+    return re.search(
+        r'^GRIMBOTS_DATABASE_URL="([^"]*)"', app.file(ENV_FILE).content_string, re.M
+    ).group(1)
+
+
+def psql(db, query):
+    out = db.run(f"runuser -u postgres -- psql -X -A -t -d grimbots -c {shlex.quote(query)}")
+    assert out.rc == 0, out.stderr
+    return out.stdout.strip()
+
+
+def recap(stdout: str, host: str) -> dict:
+    match = re.search(rf"^{re.escape(host)}\s*: ok=(\d+)\s+changed=(\d+)", stdout, re.M)
+    assert match, f"no recap line for {host}"
+    return {"ok": int(match.group(1)), "changed": int(match.group(2))}
+
+
+def published(port: int) -> str:
+    container = inventory_groups()["app"][0]
+    out = subprocess.run(
+        ["podman", "port", container, f"{port}/tcp"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    return f"http://{out[0]}"
+
+
+def test_a_failed_verify_stops_before_the_switch(app, db, pg_url):
+    # PostgreSQL gets the schema and, under id 1, a bot SQLite does not have.
+    upgrade = app.run(
+        "/usr/local/sbin/grimbots-manage --exec python -c "
+        + shlex.quote(f"from grimbots import migrate; migrate.upgrade({pg_url!r})")
+    )
+    assert upgrade.rc == 0, upgrade.stderr
+    psql(db, "INSERT INTO bots (id, name, token, webhook_secret) VALUES (1, 'impostor', 'x', 'x')")
+    try:
+        done = phase2(pg_url, "--limit", inventory_groups()["app"][0])
+        assert done.returncode != 0
+        assert "The move stopped before the switch" in done.stdout
+        assert '"different": 1' in done.stdout or "different_keys" in done.stdout
+        # The rollback: the same SQLite URL, the workers back, the app healthy.
+        assert env_url(app).startswith("sqlite:///")
+        assert app.service("rq-worker@tasks-1").is_running
+        assert app.service("grimbots-health-alert.timer").is_running
+        health = app.run("/usr/local/sbin/grimbots-manage health")
+        assert health.rc == 0, health.stdout
+    finally:
+        psql(db, "DELETE FROM bots WHERE id = 1 AND name = 'impostor'")
+
+
+def test_check_mode_says_what_the_copy_would_do(app, pg_url):
+    done = phase2(pg_url, "--check", "--limit", inventory_groups()["app"][0])
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert "would_copy" in done.stdout
+    assert env_url(app).startswith("sqlite:///")
+    assert not app.file(f"{BACKUPS}-check").exists
+
+
+def test_the_move_under_load_loses_and_duplicates_nothing(app, db, pg_url, tmp_path):
+    seeded = app.check_output("/usr/local/sbin/grimbots-manage bots seed --count 5")
+    bots = tmp_path / "bots.json"
+    bots.write_text(json.dumps(json.loads(seeded)["bots"]))
+    reports = tmp_path / "reports"
+    # A fixed rate and the retry stage, long enough to span the move; no latency gate (the
+    # web restarts on its held socket), but no request may fail.
+    load = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "loadtest" / "run.py"),
+            "--ramp",
+            "--stage-seconds",
+            "150",
+            "--rate",
+            "40",
+            "--retry-rate",
+            "20",
+            "--host",
+            published(8000),
+            "--psp",
+            published(8082),
+            "--bots",
+            str(bots),
+            "--inventory",
+            os.environ["MOLECULE_INVENTORY_FILE"],
+            "--reports",
+            str(reports),
+            "--max-fail-ratio",
+            "0",
+            "--max-p95-ms",
+            "60000",
+            "--no-audit",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        wait_until(
+            lambda: (
+                (reports / "sent.jsonl").exists()
+                and (reports / "sent.jsonl").stat().st_size > 20_000
+            ),
+            timeout=120,
+            what="the load to be under way",
+        )
+        done = phase2(pg_url)
+        assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+        assert env_url(app).startswith("postgresql+psycopg://")
+        output, _ = load.communicate(timeout=900)
+    finally:
+        if load.poll() is None:
+            load.kill()
+    print(output[-4000:])
+    assert load.returncode == 0, output[-3000:]
+
+    env = {**os.environ, "ANSIBLE_ROLES_PATH": str(ROOT / "roles")}
+    audit = subprocess.run(
+        [
+            "ansible-playbook",
+            "-i",
+            os.environ["MOLECULE_INVENTORY_FILE"],
+            str(ROOT / "playbooks" / "loadtest-audit.yml"),
+            "-e",
+            f"loadtest_sent={reports / 'sent.jsonl'}",
+            "-e",
+            f"loadtest_report={reports / 'audit.txt'}",
+            "-e",
+            "loadtest_drain_timeout=600",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    report = (reports / "audit.txt").read_text() if (reports / "audit.txt").exists() else ""
+    print(report[-3000:])
+    assert audit.returncode == 0, audit.stdout[-3000:]
+    assert "OK, 0 lost, 0 duplicated" in report
+
+    # Every row of the last SQLite backup (taken once nothing wrote to SQLite) is there.
+    contained = app.run(
+        f"/usr/local/sbin/grimbots-manage sqlite-to-postgres verify --mode=contained"
+        f" --backup-dir={BACKUPS}"
+    )
+    assert contained.rc == 0, contained.stdout
+    tables = json.loads(contained.stdout)["tables"]
+    assert (
+        tables["inbound_updates"]["source_rows"] > 0 and tables["inbound_updates"]["missing"] == 0
+    )
+    assert (
+        int(psql(db, "SELECT count(*) FROM inbound_updates"))
+        >= tables["inbound_updates"]["source_rows"]
+    )
+
+
+def test_a_second_run_changes_nothing(app, pg_url):
+    host = inventory_groups()["app"][0]
+    done = phase2(pg_url, "--limit", host)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert recap(done.stdout, host)["changed"] == 0, done.stdout[-3000:]
