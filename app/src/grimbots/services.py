@@ -26,10 +26,10 @@ class Services:
     pix: PixAdapter | None = None
 
     @classmethod
-    def build(cls, settings: Settings) -> Services:
+    def build(cls, settings: Settings, worker: bool = False) -> Services:
         return cls(
             settings=settings,
-            redis=RedisManager(settings),
+            redis=RedisManager(settings, ride_through_failover=worker),
             db=Database(settings),
             telegram=TelegramClient(settings.telegram_api_url, settings.telegram_read_timeout),
             pix=ApiPixAdapter(settings.pix) if settings.pix is not None else None,
@@ -39,9 +39,9 @@ class Services:
 _current: Services | None = None
 
 
-def init_services(settings: Settings) -> Services:
+def init_services(settings: Settings, worker: bool = False) -> Services:
     global _current
-    _current = Services.build(settings)
+    _current = Services.build(settings, worker=worker)
     return _current
 
 

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 PREFIX = "GRIMBOTS_"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 MIN_ADMIN_TOKEN_LENGTH = 16
+# WAIT must give up before the webhook's Redis socket does (redis_pool.SOCKET_TIMEOUT, 2 s).
+MAX_REPLICA_ACK_TIMEOUT_MS = 1500
 
 
 class SettingsError(Exception):
@@ -38,6 +40,10 @@ class Settings:
     redis_password: str | None = field(default=None, repr=False)
     redis_db: int = 0
     redis_pool_size: int = 20
+    # The webhook's 200 waits for this many replicas to hold the update (Redis WAIT), so a
+    # failover cannot lose an acknowledged update; 0 = answer once the primary has it.
+    redis_min_replica_acks: int = 0
+    redis_replica_ack_timeout_ms: int = 500
     telegram_api_url: str = "https://api.telegram.org"
     telegram_read_timeout: float = 10.0
     log_level: str = "INFO"
@@ -80,6 +86,21 @@ def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
     if value <= 0:
         raise SettingsError(f"{PREFIX}{name} must be greater than 0, got {value}")
     return value
+
+
+def _replica_acks(env: Mapping[str, str]) -> tuple[int, int]:
+    acks_raw = _get(env, "REDIS_MIN_REPLICA_ACKS") or "0"
+    if not acks_raw.isdigit():
+        raise SettingsError(
+            f"{PREFIX}REDIS_MIN_REPLICA_ACKS must be a whole number >= 0, got {acks_raw!r}"
+        )
+    timeout = _positive_int(env, "REDIS_REPLICA_ACK_TIMEOUT_MS", 500)
+    if timeout > MAX_REPLICA_ACK_TIMEOUT_MS:
+        raise SettingsError(
+            f"{PREFIX}REDIS_REPLICA_ACK_TIMEOUT_MS must be at most {MAX_REPLICA_ACK_TIMEOUT_MS}"
+            f" (below the Redis socket timeout), got {timeout}"
+        )
+    return int(acks_raw), timeout
 
 
 def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
@@ -160,6 +181,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if redis_db_raw is not None and not redis_db_raw.isdigit():
         raise SettingsError(f"{PREFIX}REDIS_DB must be a whole number >= 0, got {redis_db_raw!r}")
 
+    min_replica_acks, replica_ack_timeout_ms = _replica_acks(env)
+
     admin_token = _require(env, "ADMIN_TOKEN")
     if len(admin_token) < MIN_ADMIN_TOKEN_LENGTH:
         raise SettingsError(
@@ -184,6 +207,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         redis_password=_get(env, "REDIS_PASSWORD"),
         redis_db=int(redis_db_raw) if redis_db_raw is not None else 0,
         redis_pool_size=_positive_int(env, "REDIS_POOL_SIZE", 20),
+        redis_min_replica_acks=min_replica_acks,
+        redis_replica_ack_timeout_ms=replica_ack_timeout_ms,
         telegram_api_url=api_url.rstrip("/"),
         telegram_read_timeout=_positive_float(env, "TELEGRAM_READ_TIMEOUT_SECONDS", 10.0),
         log_level=log_level,

@@ -34,7 +34,7 @@ def run_worker(
     if unknown:
         raise ValueError(f"unknown queue(s): {', '.join(unknown)}; known: {', '.join(ALL_QUEUES)}")
     configure_logging(settings.log_level)
-    services = init_services(settings)
+    services = init_services(settings, worker=True)
     connection = services.redis.raw
     queues = [get_queue(name, connection) for name in queue_names]
     worker = WORKER_CLASSES[worker_class](
