@@ -13,6 +13,8 @@ can be counted). Then:
 After each phase it compares the 200s with the jobs actually enqueued in Redis.
 
   .venv/bin/python app/bench/ingest.py [--workers 4] [--duration 15] [--rate 1000]
+With --replicas 1 a replica follows the redis-server, and --min-replica-acks 1 makes the
+webhook wait for it (WAIT, GRIMBOTS_REDIS_MIN_REPLICA_ACKS): compare the two for its cost.
 Traffic goes to 127.0.0.1 only, and every phase is bounded in time.
 """
 
@@ -224,6 +226,15 @@ async def open_loop(
 # --- orchestration -------------------------------------------------------------------
 
 
+def wait_replicas(port: int, count: int, timeout: float = 20) -> None:
+    primary = redis.Redis(port=port)
+    deadline = time.monotonic() + timeout
+    while primary.info("replication")["connected_slaves"] < count:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{count} replica(s) not connected after {timeout}s")
+        time.sleep(0.05)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workers", type=int, default=4)
@@ -232,6 +243,10 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32, help="wrk connections")
     parser.add_argument("--duration", type=int, default=15, help="seconds per phase")
     parser.add_argument("--rate", type=float, default=1000.0, help="open-loop offered req/s")
+    parser.add_argument("--replicas", type=int, default=0, help="replicas of the redis-server")
+    parser.add_argument(
+        "--min-replica-acks", type=int, default=0, help="GRIMBOTS_REDIS_MIN_REPLICA_ACKS"
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (apt-get install wrk)")
@@ -259,6 +274,33 @@ def main() -> None:
             )
         )
         wait_port(redis_port)
+        for index in range(args.replicas):
+            replica_dir, replica_port = work / f"replica-{index}", free_port()
+            replica_dir.mkdir()
+            procs.append(
+                subprocess.Popen(
+                    [
+                        "redis-server",
+                        "--port",
+                        str(replica_port),
+                        "--bind",
+                        "127.0.0.1",
+                        "--save",
+                        "",
+                        "--appendonly",
+                        "no",
+                        "--dir",
+                        str(replica_dir),
+                        "--replicaof",
+                        "127.0.0.1",
+                        str(redis_port),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                )
+            )
+            wait_port(replica_port)
+        if args.replicas:
+            wait_replicas(redis_port, args.replicas)
         (work / "prometheus").mkdir()
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("GRIMBOTS_")},
@@ -267,6 +309,7 @@ def main() -> None:
             "GRIMBOTS_ADMIN_TOKEN": "bench-admin-token-0123456789",
             "GRIMBOTS_LOG_LEVEL": "WARNING",
             "PROMETHEUS_MULTIPROC_DIR": str(work / "prometheus"),
+            "GRIMBOTS_REDIS_MIN_REPLICA_ACKS": str(args.min_replica_acks),
         }
         grimbots = str(BIN / "grimbots")
         subprocess.run([grimbots, "db", "upgrade"], env=env, check=True, capture_output=True)
@@ -310,10 +353,11 @@ def main() -> None:
         time.sleep(1)
         print(f"# gunicorn: {' '.join(command[1:])}")
         print(f"# cores: {os.cpu_count()}, load before: {os.getloadavg()[0]:.2f}")
+        print(f"# redis replicas: {args.replicas}, min replica acks: {args.min_replica_acks}")
 
         # Phase 1: peak. CPU time per request is measured too: unlike req/s it barely
         # depends on what else the machine is doing at the time.
-        web_pid, redis_pid = procs[1].pid, procs[0].pid
+        web_pid, redis_pid = procs[-1].pid, procs[0].pid
         web_cpu, redis_cpu = cpu_seconds(web_pid), cpu_seconds(redis_pid, False)
         wrk_cpu = os.times().children_user + os.times().children_system
         wrk = subprocess.run(
