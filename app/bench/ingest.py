@@ -13,6 +13,8 @@ can be counted). Then:
 After each phase it compares the 200s with the jobs actually enqueued in Redis.
 
   .venv/bin/python app/bench/ingest.py [--workers 4] [--duration 15] [--rate 1000]
+With --replicas 1 a replica follows the redis-server, and --min-replica-acks 1 makes the
+webhook wait for it (WAIT, GRIMBOTS_REDIS_MIN_REPLICA_ACKS): compare the two for its cost.
 Traffic goes to 127.0.0.1 only, and every phase is bounded in time.
 """
 
@@ -94,6 +96,15 @@ def chat_update(path: str, base_id: int):
 # --- orchestration -------------------------------------------------------------------
 
 
+def wait_replicas(port: int, count: int, timeout: float = 20) -> None:
+    primary = redis.Redis(port=port)
+    deadline = time.monotonic() + timeout
+    while primary.info("replication")["connected_slaves"] < count:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{count} replica(s) not connected after {timeout}s")
+        time.sleep(0.05)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workers", type=int, default=4)
@@ -102,6 +113,10 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32, help="wrk connections")
     parser.add_argument("--duration", type=int, default=15, help="seconds per phase")
     parser.add_argument("--rate", type=float, default=1000.0, help="open-loop offered req/s")
+    parser.add_argument("--replicas", type=int, default=0, help="replicas of the redis-server")
+    parser.add_argument(
+        "--min-replica-acks", type=int, default=0, help="GRIMBOTS_REDIS_MIN_REPLICA_ACKS"
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (apt-get install wrk)")
@@ -109,8 +124,17 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="grimbots-bench-"))
     procs = Processes(work)
     redis_server = RedisServer(work)
+    replicas: list[RedisServer] = []
     try:
         redis_server.start()
+        replicas = [
+            RedisServer(work / f"replica-{i}", redis_server.port) for i in range(args.replicas)
+        ]
+        for replica in replicas:
+            replica.workdir.mkdir()
+            replica.start()
+        if args.replicas:
+            wait_replicas(redis_server.port, args.replicas)
         web_port = free_port()
         (work / "prometheus").mkdir()
         env = app_env(
@@ -118,6 +142,7 @@ def main() -> None:
             redis_server.url,
             GRIMBOTS_LOG_LEVEL="WARNING",
             PROMETHEUS_MULTIPROC_DIR=str(work / "prometheus"),
+            GRIMBOTS_REDIS_MIN_REPLICA_ACKS=str(args.min_replica_acks),
         )
         subprocess.run([GRIMBOTS, "db", "upgrade"], env=env, check=True, capture_output=True)
         bot = add_bot(env, "bench", "1:bench", SECRET)
@@ -134,6 +159,7 @@ def main() -> None:
         time.sleep(1)
         print(f"# gunicorn: {' '.join(command[1:])}")
         print(f"# cores: {os.cpu_count()}, load before: {os.getloadavg()[0]:.2f}")
+        print(f"# redis replicas: {args.replicas}, min replica acks: {args.min_replica_acks}")
 
         # Phase 1: peak. CPU time per request is measured too: unlike req/s it barely
         # depends on what else the machine is doing at the time.
@@ -215,6 +241,8 @@ def main() -> None:
         )
     finally:
         procs.stop_all()
+        for replica in replicas:
+            replica.stop()
         redis_server.stop()
         shutil.rmtree(work, ignore_errors=True)
 

@@ -136,9 +136,10 @@ class Processes:
 class RedisServer:
     """redis-server on a free port, no persistence (a benchmark's queue is throwaway)."""
 
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, replica_of: int | None = None):
         self.port = free_port()
         self.workdir = workdir
+        self.replica_of = replica_of  # the port of a local primary to follow
         self.process: subprocess.Popen | None = None
 
     @property
@@ -164,6 +165,7 @@ class RedisServer:
                 "no",
                 "--dir",
                 str(self.workdir),
+                *(["--replicaof", "127.0.0.1", str(self.replica_of)] if self.replica_of else []),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

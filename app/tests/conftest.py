@@ -34,9 +34,13 @@ TEMPLATE_DB = "grimbots_template"
 
 
 class RedisServer:
-    def __init__(self, workdir: Path):
+    """redis-server on a free port; extra_args (e.g. --replicaof) and a password for HA tests."""
+
+    def __init__(self, workdir: Path, *extra_args: str, password: str | None = None):
         self.port = free_port()
         self.workdir = workdir
+        self.extra_args = list(extra_args)
+        self.password = password
         self.process: subprocess.Popen | None = None
 
     @property
@@ -44,9 +48,10 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, socket_timeout=5)
+        return redis.Redis(port=self.port, password=self.password, socket_timeout=5)
 
     def start(self) -> None:
+        auth = ["--requirepass", self.password, "--masterauth", self.password]
         self.process = subprocess.Popen(
             [
                 shutil.which("redis-server") or "/usr/bin/redis-server",
@@ -60,6 +65,8 @@ class RedisServer:
                 "no",
                 "--dir",
                 str(self.workdir),
+                *(auth if self.password else []),
+                *self.extra_args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -69,6 +76,12 @@ class RedisServer:
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
+            self.process.wait(10)
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no last fsync, sockets reset (a crashed primary)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
             self.process.wait(10)
 
 

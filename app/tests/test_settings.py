@@ -23,6 +23,7 @@ def test_defaults():
     assert s.log_level == "INFO"
     assert s.dedupe_ttl_seconds == 86400
     assert s.redis_sentinel_master == "grimbots"
+    assert (s.redis_min_replica_acks, s.redis_replica_ack_timeout_ms) == (0, 500)
 
 
 def test_repr_hides_secrets():
@@ -64,6 +65,10 @@ BAD = [
     ("GRIMBOTS_BOT_ADMISSION_PER_SECOND", {"GRIMBOTS_BOT_ADMISSION_PER_SECOND": "-1"}),
     ("GRIMBOTS_REDIS_POOL_SIZE", {"GRIMBOTS_REDIS_POOL_SIZE": "0"}),
     ("GRIMBOTS_REDIS_POOL_SIZE", {"GRIMBOTS_REDIS_POOL_SIZE": "many"}),
+    ("GRIMBOTS_REDIS_MIN_REPLICA_ACKS", {"GRIMBOTS_REDIS_MIN_REPLICA_ACKS": "-1"}),
+    ("GRIMBOTS_REDIS_MIN_REPLICA_ACKS", {"GRIMBOTS_REDIS_MIN_REPLICA_ACKS": "one"}),
+    ("GRIMBOTS_REDIS_REPLICA_ACK_TIMEOUT_MS", {"GRIMBOTS_REDIS_REPLICA_ACK_TIMEOUT_MS": "0"}),
+    ("GRIMBOTS_REDIS_REPLICA_ACK_TIMEOUT_MS", {"GRIMBOTS_REDIS_REPLICA_ACK_TIMEOUT_MS": "5000"}),
     ("GRIMBOTS_DEDUPE_TTL_SECONDS", {"GRIMBOTS_DEDUPE_TTL_SECONDS": "-5"}),
     ("GRIMBOTS_LOG_LEVEL", {"GRIMBOTS_LOG_LEVEL": "LOUD"}),
     ("GRIMBOTS_TELEGRAM_API_URL", {"GRIMBOTS_TELEGRAM_API_URL": "api.telegram.org"}),

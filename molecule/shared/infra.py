@@ -6,6 +6,7 @@ which is about ten times faster than the ansible backend Molecule would pass.
 
 import json
 import os
+import re
 import subprocess
 import time
 from collections.abc import Callable
@@ -94,3 +95,36 @@ def attach_journal_on_failure(item, report, units_by_group: dict[str, list[str]]
         except Exception as exc:  # the report must not hide the original failure
             text = f"(journal unavailable: {exc})"
         report.sections.append((f"journal of {group}: {' '.join(units)}", text))
+
+
+def run_playbook(playbook: Path, *args: str) -> subprocess.CompletedProcess:
+    """ansible-playbook on this scenario's hosts (Molecule's inventory and group_vars)."""
+    inventory = Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent
+    return subprocess.run(
+        ["ansible-playbook", "-i", str(inventory), str(playbook), *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_NOCOLOR": "1"},
+    )
+
+
+def play_recap(output: str) -> dict[str, dict[str, int]]:
+    """PLAY RECAP counts per host: {"host": {"ok": 3, "changed": 0, ...}}."""
+    recap: dict[str, dict[str, int]] = {}
+    for line in output.split("PLAY RECAP", 1)[1].splitlines():
+        host, sep, counts = line.partition(" : ")
+        if sep and "changed=" in counts:
+            recap[host.strip()] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", counts)}
+    return recap
+
+
+def rerun_playbook(playbook: Path, *args: str) -> dict[str, dict[str, int]]:
+    """Run `playbook` again on this scenario's hosts; it must pass. Its PLAY RECAP.
+
+    For "a re-run after <some event> changes nothing": Molecule's own idempotence step only
+    runs right after converge.
+    """
+    run = run_playbook(playbook, *args)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    return play_recap(run.stdout)

@@ -9,6 +9,11 @@ discovery (through redis-py), timeouts, and a bounded set of sockets per process
 Everything else (health, RQ, jobs) uses the regular redis-py clients in RedisManager.
 A socket is dropped on any error, so a failover or a restart costs one failed request
 (answered 503, which Telegram retries) per pooled socket.
+
+With settings.redis_min_replica_acks > 0, `WAIT n timeout` is pipelined after the EVALSHA
+(same round trip, same socket): the call succeeds only once n replicas hold the write, so
+a failover (kill -9 or a planned one, whose old primary keeps accepting writes until
+Sentinel turns it into a replica) cannot lose an update the webhook answered 200 for.
 """
 
 from __future__ import annotations
@@ -38,11 +43,21 @@ def pack(*parts: bytes | str | int) -> bytes:
     return b"".join(out)
 
 
+class NotReplicated(redis.RedisError):
+    """The script ran on the primary but fewer replicas than asked acknowledged it in time."""
+
+
 class FastScriptClient:
     def __init__(self, settings: Settings, script: str):
         self._settings = settings
         self._script = script.encode()
         self._sha = hashlib.sha1(self._script).hexdigest().encode()
+        self._min_acks = settings.redis_min_replica_acks
+        self._wait = (
+            pack(b"WAIT", self._min_acks, settings.redis_replica_ack_timeout_ms)
+            if self._min_acks
+            else b""
+        )
         self._sentinel: Sentinel | None = None
         if settings.uses_sentinel:
             self._sentinel = Sentinel(list(settings.redis_sentinels), socket_timeout=SOCKET_TIMEOUT)
@@ -84,16 +99,25 @@ class FastScriptClient:
         return sock
 
     @staticmethod
-    def _read_line(sock: socket.socket) -> bytes:
-        # We send one command at a time and its reply is one line (":1", "+OK", "-ERR ...");
-        # the SCRIPT LOAD bulk reply is two lines and read by the caller in a loop.
+    def _read_line(sock: socket.socket, lines: int = 1) -> bytes:
+        # Every reply we wait for is one line (":1", "+OK", "-ERR ..."), and `lines` of them
+        # are pipelined at most (EVALSHA then WAIT); the SCRIPT LOAD bulk reply is two lines
+        # and read by the caller in a loop.
         data = sock.recv(4096)
-        while not data.endswith(b"\r\n"):
+        while not data.endswith(b"\r\n") or data.count(b"\r\n") < lines:
             more = sock.recv(4096)
             if not more:
                 raise ConnectionError("connection closed by Redis")
             data += more
         return data
+
+    def _send(self, sock: socket.socket, command: bytes) -> tuple[bytes, bytes]:
+        """Send the command (and WAIT, if asked); (its reply, WAIT's reply or b"")."""
+        sock.sendall(command + self._wait)
+        if not self._wait:
+            return self._read_line(sock), b""
+        reply, _, acks = self._read_line(sock, 2).partition(b"\r\n")
+        return reply + b"\r\n", acks
 
     def evalsha(self, keys: list[str], args: list) -> int:
         """Run the script; returns its integer reply. Raises redis.RedisError on failure."""
@@ -119,8 +143,7 @@ class FastScriptClient:
 
     def _run(self, sock: socket.socket, command: bytes) -> int:
         try:
-            sock.sendall(command)
-            reply = self._read_line(sock)
+            reply, acks = self._send(sock, command)
             if reply.startswith(b"-NOSCRIPT"):
                 # First call on this server (or after SCRIPT FLUSH / failover): load, retry.
                 sock.sendall(pack(b"SCRIPT", b"LOAD", self._script))
@@ -129,13 +152,16 @@ class FastScriptClient:
                     loaded += self._read_line(sock)
                 if not loaded.startswith(b"$40\r\n" + self._sha):
                     raise redis.ResponseError("SCRIPT LOAD failed")
-                sock.sendall(command)
-                reply = self._read_line(sock)
+                reply, acks = self._send(sock, command)
             if not reply.startswith(b":"):
                 raise redis.ResponseError(reply[1:-2].decode(errors="replace"))
             result = int(reply[1:-2])
+            if self._wait and not acks.startswith(b":"):
+                raise redis.ResponseError(acks[1:-2].decode(errors="replace"))
         except BaseException:
             sock.close()  # its state is unknown: never reuse it
             raise
         self._idle.append(sock)
+        if self._wait and int(acks[1:-2]) < self._min_acks:
+            raise NotReplicated(f"{int(acks[1:-2])} of {self._min_acks} replicas acknowledged")
         return result

@@ -5,8 +5,9 @@
 -- ARGV[1] dedupe TTL seconds   ARGV[2] job id   ARGV[3] created/enqueued timestamp
 -- ARGV[4] job data (RQ-serialised call)   ARGV[5] job description
 -- ARGV[6] updates admitted per bot and second (0: no limit)
--- Returns 1 when enqueued, 0 for a duplicate (nothing written besides the dedupe key),
--- -1 when the bot is over its admission limit (nothing written: Telegram retries it).
+-- Returns 1 when enqueued, 0 for a duplicate (nothing written besides the dedupe key and
+-- its TTL), -1 when the bot is over its admission limit (nothing written: Telegram
+-- retries it).
 
 -- The job hash fields that are the same for every update, filled in from a real RQ Job
 -- when the process starts (grimbots.ingest): sending them as arguments on every request
@@ -25,6 +26,11 @@ if limit > 0 then
   end
 end
 if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
+  -- A repeat still writes (the TTL restarts): the WAIT pipelined after this script then
+  -- confirms that a replica holds everything up to here, the first delivery included. A
+  -- first delivery answered 503 because no replica acknowledged it in time must not be
+  -- answered 200 on Telegram's retry while it still exists on the primary alone.
+  redis.call('EXPIRE', KEYS[1], ARGV[1])
   return 0
 end
 -- The dedupe key may have expired while the job is still known: still a duplicate.

@@ -12,6 +12,8 @@ import threading
 from typing import Any
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 from redis.sentinel import Sentinel
 
 from grimbots.settings import Settings
@@ -22,13 +24,23 @@ HEALTH_CHECK_INTERVAL = 30
 # How long a caller waits for a free connection when all pool_size are busy, before
 # failing (and the webhook answering 503) instead of queueing forever.
 POOL_WAIT_TIMEOUT = 2.0
+# Workers ride through a Sentinel failover (failure detection, election, promotion: about
+# down-after-milliseconds + 2 s) or a Redis restart instead of dying mid-job: a command
+# that fails on a connection error is retried on a fresh connection (which asks Sentinel
+# for the primary again) for about 20 s, 0.1 s doubling to 1 s between tries. A retried
+# write may run twice; every job and effect is idempotent by key, which makes that safe.
+FAILOVER_RETRY = Retry(ExponentialBackoff(cap=1.0, base=0.1), retries=24)
 
 
 class RedisManager:
-    """Owns one pool per process; hands out a text client and a bytes client (for RQ)."""
+    """Owns one pool per process; hands out a text client and a bytes client (for RQ).
 
-    def __init__(self, settings: Settings):
+    ride_through_failover: for workers. The web keeps failing fast (503, /health) instead.
+    """
+
+    def __init__(self, settings: Settings, ride_through_failover: bool = False):
         self._settings = settings
+        self._ride_through_failover = ride_through_failover
         self._lock = threading.Lock()
         self._pid: int | None = None
         self._text: redis.Redis | None = None
@@ -46,6 +58,8 @@ class RedisManager:
     def _build(self) -> None:
         s = self._settings
         common = self._common_kwargs()
+        if self._ride_through_failover:
+            common["retry"] = FAILOVER_RETRY
         if s.uses_sentinel:
             # Sentinel resolves the current master on connect, so a failover is followed
             # without restarting the process. redis-py's Sentinel pool is bounded by

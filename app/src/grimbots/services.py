@@ -28,11 +28,11 @@ class Services:
     pix: PixAdapter | None = None
 
     @classmethod
-    def build(cls, settings: Settings) -> Services:
+    def build(cls, settings: Settings, worker: bool = False) -> Services:
         db = Database(settings)
         return cls(
             settings=settings,
-            redis=RedisManager(settings),
+            redis=RedisManager(settings, ride_through_failover=worker),
             db=db,
             telegram=TelegramClient(settings.telegram_api_url, settings.telegram_read_timeout),
             bots=BotProfiles(db),
@@ -43,9 +43,9 @@ class Services:
 _current: Services | None = None
 
 
-def init_services(settings: Settings) -> Services:
+def init_services(settings: Settings, worker: bool = False) -> Services:
     global _current
-    _current = Services.build(settings)
+    _current = Services.build(settings, worker=worker)
     return _current
 
 

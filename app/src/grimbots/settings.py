@@ -30,6 +30,8 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 MIN_ADMIN_TOKEN_LENGTH = 32
 # The example vault's values start with this: a copy deployed unedited must not start.
 PLACEHOLDER = "change-me"
+# WAIT must give up before the webhook's Redis socket does (redis_pool.SOCKET_TIMEOUT, 2 s).
+MAX_REPLICA_ACK_TIMEOUT_MS = 1500
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,10 @@ class Settings:
     # PgBouncer in transaction pooling between the app and PostgreSQL: no server-side
     # prepared statements (PgBouncer 1.18 cannot route them) and no startup options.
     db_pgbouncer: bool = False
+    # The webhook's 200 waits for this many replicas to hold the update (Redis WAIT), so a
+    # failover cannot lose an acknowledged update; 0 = answer once the primary has it.
+    redis_min_replica_acks: int = 0
+    redis_replica_ack_timeout_ms: int = 500
     telegram_api_url: str = "https://api.telegram.org"
     telegram_read_timeout: float = 10.0
     log_level: str = "INFO"
@@ -81,6 +87,17 @@ class Settings:
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+
+def _replica_acks(env: Mapping[str, str]) -> tuple[int, int]:
+    acks = non_negative_int(env, "REDIS_MIN_REPLICA_ACKS", 0)
+    timeout = positive_int(env, "REDIS_REPLICA_ACK_TIMEOUT_MS", 500)
+    if timeout > MAX_REPLICA_ACK_TIMEOUT_MS:
+        raise SettingsError(
+            f"{PREFIX}REDIS_REPLICA_ACK_TIMEOUT_MS must be at most {MAX_REPLICA_ACK_TIMEOUT_MS}"
+            f" (below the Redis socket timeout), got {timeout}"
+        )
+    return acks, timeout
 
 
 def _database_url(env: Mapping[str, str]) -> str:
@@ -148,6 +165,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if redis_db_raw is not None and not redis_db_raw.isdigit():
         raise SettingsError(f"{PREFIX}REDIS_DB must be a whole number >= 0, got {redis_db_raw!r}")
 
+    min_replica_acks, replica_ack_timeout_ms = _replica_acks(env)
+
     admin_token = require(env, "ADMIN_TOKEN")
     if len(admin_token) < MIN_ADMIN_TOKEN_LENGTH or PLACEHOLDER in admin_token:
         raise SettingsError(
@@ -173,6 +192,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         redis_password=get(env, "REDIS_PASSWORD"),
         redis_db=int(redis_db_raw) if redis_db_raw is not None else 0,
         redis_pool_size=positive_int(env, "REDIS_POOL_SIZE", 20),
+        redis_min_replica_acks=min_replica_acks,
+        redis_replica_ack_timeout_ms=replica_ack_timeout_ms,
         db_pool_size=positive_int(env, "DB_POOL_SIZE", 5),
         db_max_overflow=non_negative_int(env, "DB_MAX_OVERFLOW", 5),
         db_statement_timeout_ms=non_negative_int(env, "DB_STATEMENT_TIMEOUT_MS", 10_000),

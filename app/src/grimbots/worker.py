@@ -192,7 +192,7 @@ def build_worker(settings: Settings, queue_names: list[str], worker_class: str =
     unknown = [q for q in queue_names if q not in ALL_QUEUES]
     if unknown:
         raise ValueError(f"unknown queue(s): {', '.join(unknown)}; known: {', '.join(ALL_QUEUES)}")
-    services = init_services(settings)
+    services = init_services(settings, worker=True)
     connection = services.redis.raw
     queues = [get_queue(name, connection) for name in queue_names]
     return WORKER_CLASSES[worker_class](

@@ -11,4 +11,6 @@ from infra import attach_journal_on_failure
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
-    attach_journal_on_failure(item, outcome.get_result(), {"redis": ["redis-server"]})
+    attach_journal_on_failure(
+        item, outcome.get_result(), {"redis": ["redis-server", "redis-sentinel"]}
+    )

@@ -1,4 +1,5 @@
-"""The redis role: a durable, non-evicting Redis that the app network can reach."""
+"""The redis role: a durable, non-evicting Redis that the app network can reach (the
+first server: the initial primary; test_sentinel.py covers the replica and Sentinel)."""
 
 import sys
 from pathlib import Path

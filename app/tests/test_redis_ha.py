@@ -1,0 +1,361 @@
+"""Redis high availability, with real servers: a primary, a replica and three Sentinels
+(`redis-server --sentinel`).
+
+- With GRIMBOTS_REDIS_MIN_REPLICA_ACKS=1 the webhook answers 200 only once a replica holds
+  the update (WAIT pipelined after the ingest script), and 503 (Telegram retries) when none
+  acknowledged it in time, the retry of that update included.
+- The webhook and the RQ workers reach Redis through Sentinel (the code path production
+  uses with replicas) and follow a failover: kill -9 of the primary and a planned
+  SENTINEL FAILOVER. Every update answered 200 is on the new primary afterwards and is
+  processed by the workers (acknowledged vs present is counted and printed).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+import pytest
+import redis
+from conftest import RedisServer
+from grimbots.models import InboundUpdate
+from grimbots.queues import TASKS, update_job_id
+from grimbots.settings import load_settings
+from grimbots.web import create_app, ingest_of
+from grimbots.web.fast_webhook import FastWebhook
+from sqlalchemy import select
+from support import GRIMBOTS, Process, free_port, start_message, wait_for
+from werkzeug.test import Client
+
+PASSWORD = "ha-test-redis-password-0123"
+MASTER = "grimbots"
+# Sentinel's failure detection. The old primary comes back after a failover as a replica
+# of the new one, as the redis role's unit does (redis-find-primary before the start).
+DOWN_AFTER_MS = 1000
+SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
+
+
+def measure(name: str, value) -> None:
+    print(f"\nMEASURE {name}={value}")
+
+
+class SentinelServer:
+    def __init__(self, workdir: Path, primary_port: int):
+        self.port = free_port()
+        self.conf = workdir / f"sentinel-{self.port}.conf"
+        self.primary_port = primary_port
+        self.process: subprocess.Popen | None = None
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port, socket_timeout=5, decode_responses=True)
+
+    def start(self) -> None:
+        # Sentinel rewrites its own file (its id, the replicas and Sentinels it found).
+        self.conf.write_text(
+            f"port {self.port}\nbind 127.0.0.1\ndir {self.conf.parent}\n"
+            f"sentinel monitor {MASTER} 127.0.0.1 {self.primary_port} 2\n"
+            f"sentinel down-after-milliseconds {MASTER} {DOWN_AFTER_MS}\n"
+            f"sentinel failover-timeout {MASTER} 10000\n"
+            f"sentinel auth-pass {MASTER} {PASSWORD}\n"
+        )
+        self.process = subprocess.Popen(
+            ["redis-server", str(self.conf), "--sentinel"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for(lambda: self.client().ping(), timeout=10, message="redis-sentinel")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+
+
+class Cluster:
+    """A primary, one replica and three Sentinels on 127.0.0.1."""
+
+    def __init__(self, root: Path):
+        def workdir(name: str) -> Path:
+            path = root / name
+            path.mkdir()
+            return path
+
+        # As the redis role sets it: a full sync starts at once instead of Redis' default
+        # 5 s wait for more replicas (a replica rejoining after a failover needs one).
+        sync_now = ("--repl-diskless-sync-delay", "0")
+        self.primary = RedisServer(workdir("a"), *sync_now, password=PASSWORD)
+        self.replica = RedisServer(
+            workdir("b"),
+            *sync_now,
+            "--replicaof",
+            "127.0.0.1",
+            str(self.primary.port),
+            password=PASSWORD,
+        )
+        self.nodes = {n.port: n for n in (self.primary, self.replica)}
+        sentinel_dir = workdir("sentinels")
+        self.sentinels = [SentinelServer(sentinel_dir, self.primary.port) for _ in range(3)]
+
+    def start(self) -> None:
+        self.primary.start()
+        self.replica.start()
+        for sentinel in self.sentinels:
+            sentinel.start()
+        wait_for(
+            self._sentinels_ready, timeout=30, message="Sentinels to see the replica and each other"
+        )
+
+    def _sentinels_ready(self) -> bool:
+        link = self.replica.client().info("replication").get("master_link_status")
+        views = [s.client().sentinel_master(MASTER) for s in self.sentinels]
+        return link == "up" and all(
+            v["num-slaves"] == 1 and v["num-other-sentinels"] == 2 for v in views
+        )
+
+    def stop(self) -> None:
+        for server in (*self.sentinels, self.replica, self.primary):
+            server.stop()
+
+    def master_port(self) -> int:
+        """The primary the Sentinels agree on (all three must say the same)."""
+        answers = {s.client().sentinel_get_master_addr_by_name(MASTER) for s in self.sentinels}
+        assert len(answers) == 1, f"Sentinels disagree: {answers}"
+        return int(answers.pop()[1])
+
+    def env(self, base: dict[str, str], min_acks: int) -> dict[str, str]:
+        sentinels = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
+        env = {k: v for k, v in base.items() if k != "GRIMBOTS_REDIS_URL"}
+        return env | {
+            "GRIMBOTS_REDIS_SENTINELS": sentinels,
+            "GRIMBOTS_REDIS_SENTINEL_MASTER": MASTER,
+            "GRIMBOTS_REDIS_PASSWORD": PASSWORD,
+            "GRIMBOTS_REDIS_MIN_REPLICA_ACKS": str(min_acks),
+        }
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    cluster = Cluster(tmp_path)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def update_id_job(bot, update_id: int) -> str:
+    return update_job_id(bot.id, update_id)
+
+
+def webhook_client(env: dict[str, str]) -> tuple[Client, object]:
+    flask_app = create_app(load_settings(env))
+    return Client(FastWebhook(flask_app, ingest_of(flask_app))), flask_app
+
+
+def post(client: Client, bot, update_id: int) -> int:
+    return client.post(
+        f"/webhook/telegram/{bot.id}",
+        data=orjson.dumps(start_message(update_id, 7000 + update_id % 50)),
+        headers={SECRET_HEADER: bot.secret},
+        content_type="application/json",
+    ).status_code
+
+
+# --- WAIT without Sentinel: a primary and its replica --------------------------------------
+
+
+@pytest.fixture
+def replicated(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    primary = RedisServer(tmp_path / "a", password=PASSWORD)
+    primary.start()
+    replica = RedisServer(
+        tmp_path / "b", "--replicaof", "127.0.0.1", str(primary.port), password=PASSWORD
+    )
+    replica.start()
+    wait_for(
+        lambda: replica.client().info("replication")["master_link_status"] == "up",
+        message="replica link up",
+    )
+    yield primary, replica
+    replica.stop()
+    primary.stop()
+
+
+def primary_env(env, primary, min_acks: int) -> dict[str, str]:
+    return env | {
+        "GRIMBOTS_REDIS_URL": f"redis://:{PASSWORD}@127.0.0.1:{primary.port}/0",
+        "GRIMBOTS_REDIS_MIN_REPLICA_ACKS": str(min_acks),
+        "GRIMBOTS_REDIS_REPLICA_ACK_TIMEOUT_MS": "200",
+    }
+
+
+def test_200_means_the_replica_holds_the_update(env, bot, replicated):
+    primary, replica = replicated
+    client, _ = webhook_client(primary_env(env, primary, min_acks=1))
+    for update_id in range(1, 21):
+        assert post(client, bot, update_id) == 200
+        # Read at once, without waiting: WAIT returned only after the replica had it.
+        assert replica.client().exists(f"rq:job:{update_id_job(bot, update_id)}") == 1
+
+
+def test_no_replica_ack_answers_503_and_so_does_the_retry(env, bot, replicated):
+    primary, replica = replicated
+    client, _ = webhook_client(primary_env(env, primary, min_acks=1))
+    os.kill(replica.process.pid, signal.SIGSTOP)  # connected, but acknowledges nothing
+    try:
+        assert post(client, bot, 1) == 503  # enqueued on the primary, not replicated
+        # Telegram's retry finds the dedupe key: a duplicate, but still on one server only.
+        assert post(client, bot, 1) == 503
+    finally:
+        os.kill(replica.process.pid, signal.SIGCONT)
+    assert post(client, bot, 1) == 200  # the retry once the replica is back: now it holds it
+    assert replica.client().lrange(f"rq:queue:{TASKS}", 0, -1) == [update_id_job(bot, 1).encode()]
+
+
+def test_without_replica_acks_the_webhook_does_not_wait(env, bot, replicated):
+    primary, replica = replicated
+    client, _ = webhook_client(primary_env(env, primary, min_acks=0))
+    os.kill(replica.process.pid, signal.SIGSTOP)
+    try:
+        assert post(client, bot, 1) == 200
+    finally:
+        os.kill(replica.process.pid, signal.SIGCONT)
+
+
+# --- Sentinel failover under load -----------------------------------------------------------
+
+
+@dataclass
+class Load:
+    """Posts update after update (one every `pace` s) until stopped; records each answer."""
+
+    client: Client
+    bot: object
+    pace: float = 0.01
+    answers: list[tuple[int, int, float]] = field(default_factory=list)  # id, status, time
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        update_id = 0
+        while not self._stop.is_set():
+            update_id += 1
+            status = post(self.client, self.bot, update_id)
+            self.answers.append((update_id, status, time.monotonic()))
+            time.sleep(self.pace)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def accepted(self) -> list[int]:
+        return [u for u, status, _ in self.answers if status == 200]
+
+    def ok_after(self, moment: float) -> int:
+        return sum(1 for _, status, t in self.answers if status == 200 and t > moment)
+
+    def write_gap(self) -> float:
+        """The longest time between two consecutive 200 answers (the failover's gap)."""
+        times = [t for _, status, t in self.answers if status == 200]
+        return max(b - a for a, b in itertools.pairwise(times))
+
+
+def start_workers(env: dict[str, str], tmp_path: Path, cluster: Cluster, count: int):
+    workers = [
+        Process([GRIMBOTS, "worker", TASKS], env, tmp_path / f"worker-{i}.log")
+        for i in range(count)
+    ]
+    master = cluster.nodes[cluster.master_port()].client()
+    wait_for(
+        lambda: len(master.smembers(f"rq:workers:{TASKS}")) >= count,
+        timeout=30,
+        message="workers registered through Sentinel",
+    )
+    return workers
+
+
+def processed_update_ids(services, bot) -> set[int]:
+    with services.db.session() as session:
+        rows = session.scalars(
+            select(InboundUpdate.update_id).where(InboundUpdate.bot_id == bot.id)
+        )
+        return set(rows)
+
+
+def run_failover(cluster, env, bot, services, tmp_path, trigger, name: str) -> None:
+    """Load through Sentinel with replica acks on, fail over with `trigger`, then count."""
+    ha_env = cluster.env(env, min_acks=1)
+    client, flask_app = webhook_client(ha_env)
+    workers = start_workers(ha_env, tmp_path, cluster, count=2)
+    try:
+        load = Load(client, bot)
+        load.start()
+        try:
+            wait_for(lambda: load.ok_after(0) >= 30, timeout=20, message="load before it")
+            old_port = cluster.master_port()
+            started = time.monotonic()
+            trigger(cluster)
+            wait_for(lambda: cluster.master_port() != old_port, timeout=30, message="promotion")
+            promoted = time.monotonic() - started
+            wait_for(lambda: load.ok_after(started) >= 30, timeout=60, message="200s after it")
+        finally:
+            load.stop()
+        new_master = cluster.nodes[cluster.master_port()].client()
+        accepted = load.accepted()
+        present = [u for u in accepted if new_master.exists(f"rq:job:{update_id_job(bot, u)}")]
+        measure(f"{name}_promoted_s", round(promoted, 2))
+        measure(f"{name}_webhook_write_gap_s", round(load.write_gap(), 2))
+        measure(f"{name}_acknowledged", len(accepted))
+        measure(f"{name}_present_after", len(present))
+        measure(f"{name}_answered_503", sum(1 for _, s, _ in load.answers if s == 503))
+        assert len(present) == len(accepted), (
+            f"{len(accepted) - len(present)} acknowledged updates lost: "
+            f"{sorted(set(accepted) - set(present))[:20]}"
+        )
+        # The workers followed the failover: every acknowledged update gets processed, and
+        # no worker died on the way.
+        wait_for(
+            lambda: set(accepted) <= processed_update_ids(services, bot),
+            timeout=90,
+            message="the workers to process every acknowledged update",
+        )
+        for worker in workers:
+            assert worker.popen.poll() is None, f"a worker died: {worker.output()[-3000:]}"
+    finally:
+        for worker in workers:
+            worker.stop()
+        flask_app.extensions["grimbots"]["services"].db.dispose()
+
+
+def kill_primary(cluster: Cluster) -> None:
+    old = cluster.nodes[cluster.master_port()]
+    old.kill()
+    # Back once Sentinel has promoted the replica, as a replica of the new primary (what
+    # the role's unit does after its RestartSec).
+    wait_for(lambda: cluster.master_port() != old.port, timeout=30, message="promotion")
+    old.extra_args = [*old.extra_args, "--replicaof", "127.0.0.1", str(cluster.master_port())]
+    old.start()
+
+
+def planned_failover(cluster: Cluster) -> None:
+    assert cluster.sentinels[0].client().execute_command("SENTINEL", "FAILOVER", MASTER)
+
+
+def test_kill_9_of_the_primary_loses_no_acknowledged_update(cluster, env, bot, services, tmp_path):
+    run_failover(cluster, env, bot, services, tmp_path, kill_primary, "kill9")
+
+
+def test_planned_failover_loses_no_acknowledged_update(cluster, env, bot, services, tmp_path):
+    run_failover(cluster, env, bot, services, tmp_path, planned_failover, "planned")
