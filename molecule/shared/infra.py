@@ -49,14 +49,19 @@ def run_playbook(
 ):
     """ansible-playbook against this scenario's inventory (or `inventory`): the
     CompletedProcess, whatever its exit code (the caller asserts). `playbook` is relative
-    to the project."""
+    to the project, or absolute."""
     inventory = inventory or Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent
     command = ["ansible-playbook", "-i", str(inventory), str(PROJECT / playbook), *args]
     if extra_vars:
         command += ["-e", json.dumps(extra_vars)]
     return subprocess.run(
         command,
-        env=dict(os.environ, ANSIBLE_ROLES_PATH=str(PROJECT / "roles")),
+        env=dict(
+            os.environ,
+            ANSIBLE_ROLES_PATH=str(PROJECT / "roles"),
+            ANSIBLE_FORCE_COLOR="0",
+            ANSIBLE_NOCOLOR="1",
+        ),
         capture_output=True,
         text=True,
         check=False,
@@ -95,18 +100,6 @@ def attach_journal_on_failure(item, report, units_by_group: dict[str, list[str]]
         except Exception as exc:  # the report must not hide the original failure
             text = f"(journal unavailable: {exc})"
         report.sections.append((f"journal of {group}: {' '.join(units)}", text))
-
-
-def run_playbook(playbook: Path, *args: str) -> subprocess.CompletedProcess:
-    """ansible-playbook on this scenario's hosts (Molecule's inventory and group_vars)."""
-    inventory = Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent
-    return subprocess.run(
-        ["ansible-playbook", "-i", str(inventory), str(playbook), *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        env={**os.environ, "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_NOCOLOR": "1"},
-    )
 
 
 def play_recap(output: str) -> dict[str, dict[str, int]]:
