@@ -14,7 +14,7 @@ from typing import Any
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
-from redis.sentinel import Sentinel
+from redis.sentinel import Sentinel, SentinelManagedConnection
 
 from grimbots.settings import Settings
 
@@ -30,6 +30,23 @@ POOL_WAIT_TIMEOUT = 2.0
 # for the primary again) for about 20 s, 0.1 s doubling to 1 s between tries. A retried
 # write may run twice; every job and effect is idempotent by key, which makes that safe.
 FAILOVER_RETRY = Retry(ExponentialBackoff(cap=1.0, base=0.1), retries=24)
+
+
+class PrimaryFollowingConnection(SentinelManagedConnection):
+    """A Sentinel-managed connection that asks Sentinel for the primary on every reconnect.
+
+    redis-py (8.1) reconnects a dropped connection to the address it had (redis/redis-py
+    #3874, #3560): after a failover that is the old primary, dead or demoted, so a worker
+    spent its whole retry budget there and quit. Resolving the primary on each try, and
+    leaving the retries to the command (FAILOVER_RETRY), follows the promotion instead.
+    """
+
+    def connect_check_health(self, check_health: bool = True, retry_socket_connect: bool = True):
+        if self._sock:
+            return
+        if self.connection_pool.is_master:
+            self.host, self.port = self.connection_pool.get_master_address()
+        super().connect_check_health(check_health=check_health, retry_socket_connect=False)
 
 
 class RedisManager:
@@ -69,6 +86,7 @@ class RedisManager:
                 sentinel_kwargs={"socket_timeout": SOCKET_TIMEOUT, "password": None},
                 password=s.redis_password,
                 db=s.redis_db,
+                connection_class=PrimaryFollowingConnection,
                 **common,
             )
             text = sentinel.master_for(
