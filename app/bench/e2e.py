@@ -405,8 +405,8 @@ def main() -> None:
                 conn.execute("CREATE EXTENSION pg_stat_statements")
         if args.backlog:
             from grimbots.bot_secrets import BotSecretCache
-            from grimbots.ingest import TelegramIngest
             from grimbots.settings import load_settings
+            from grimbots.telegram_ingest import TelegramIngest
 
             secrets = {int(b["path"].rsplit("/", 1)[1]): b["secret"] for b in bots}
             ctx["ingest"] = TelegramIngest(load_settings(env), BotSecretCache(secrets.get))

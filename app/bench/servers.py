@@ -252,7 +252,7 @@ def app_env(database_url: str, redis_url: str, **extra: str) -> dict[str, str]:
         "GRIMBOTS_DATABASE_URL": database_url,
         "GRIMBOTS_REDIS_URL": redis_url,
         "GRIMBOTS_ADMIN_TOKEN": "bench-admin-token-0123456789-abcdef",
-        # A benchmark drives one bot at rates far past its admission limit (grimbots.ingest).
+        # A benchmark drives one bot far past its admission limit (grimbots.telegram_ingest).
         "GRIMBOTS_BOT_ADMISSION_PER_SECOND": "0",
         **extra,
     }

@@ -132,11 +132,11 @@ def main() -> None:
         os.environ.update(env)
 
         from grimbots.bot_secrets import BotSecretCache, database_loader
-        from grimbots.ingest import TelegramIngest
         from grimbots.logs import configure_logging
         from grimbots.queues import TASKS, get_queue
         from grimbots.services import init_services
         from grimbots.settings import load_settings
+        from grimbots.telegram_ingest import TelegramIngest
         from rq import SimpleWorker
 
         try:

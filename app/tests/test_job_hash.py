@@ -6,9 +6,9 @@ import zlib
 
 import orjson
 from grimbots.bot_secrets import BotSecretCache
-from grimbots.ingest import PROCESS_UPDATE, TelegramIngest
 from grimbots.job_hash import JobHashBuilder
 from grimbots.queues import TASKS
+from grimbots.telegram_ingest import PROCESS_UPDATE, TelegramIngest
 from rq import Queue, SimpleWorker
 from rq.job import Job, JobStatus
 

@@ -1,6 +1,6 @@
 """Accept a PSP callback (`POST /webhook/pix/<provider>`): authenticate, record, enqueue.
 
-Framework-free like grimbots.ingest. The PSP retries any answer but 2xx, so we answer 200
+Framework-free like grimbots.telegram_ingest. The PSP retries any answer but 2xx, so we answer 200
 only once every notice in the body is stored (one payment_events row per provider and
 endToEndId: a repeat is a no-op) and its job is queued on `webhook`. Storage down -> 503,
 never 200 while dropping. A caller that fails authentication stores nothing: 401, a
@@ -19,7 +19,7 @@ import redis
 from sqlalchemy.exc import SQLAlchemyError
 
 from grimbots import metrics, payments
-from grimbots.ingest import OK, UNAVAILABLE, Answer, error_answer, read_body
+from grimbots.answers import OK, UNAVAILABLE, Answer, error_answer, read_body
 from grimbots.jobs.webhook import enqueue_event
 from grimbots.logs import event
 from grimbots.pix import NotificationRejected, NotificationUnauthorized

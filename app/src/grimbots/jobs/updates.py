@@ -1,4 +1,4 @@
-"""Job on `tasks`: handle one Telegram update (enqueued by the webhook, see grimbots.ingest)."""
+"""Job on `tasks`: handle one Telegram update (enqueued by grimbots.telegram_ingest)."""
 
 from __future__ import annotations
 

@@ -8,10 +8,10 @@ from flask import Flask, g, request
 
 from grimbots import metrics
 from grimbots.bot_secrets import BotSecretCache, database_loader
-from grimbots.ingest import MAX_BODY_BYTES, TelegramIngest
 from grimbots.pix_ingest import PixIngest
 from grimbots.services import init_services
 from grimbots.settings import Settings
+from grimbots.telegram_ingest import MAX_BODY_BYTES, TelegramIngest
 from grimbots.web.admin import admin
 from grimbots.web.extension import EXTENSION, ingest_of, pix_ingest_of, services_of
 from grimbots.web.health import health

@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING
 from flask import Flask
 
 if TYPE_CHECKING:  # types only: importing these here would make the cycle this avoids
-    from grimbots.ingest import TelegramIngest
     from grimbots.pix_ingest import PixIngest
     from grimbots.services import Services
+    from grimbots.telegram_ingest import TelegramIngest
 
 EXTENSION = "grimbots"
 

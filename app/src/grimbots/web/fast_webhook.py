@@ -4,7 +4,7 @@ operator surfaces (/admin, /metrics) off the public listener.
 Measured on the 2-core box (docs/benchmarks.md): Flask's request setup (request context,
 URL matching, hooks, Response object) costs more CPU than everything else the webhook does
 per request, so the webhook route is served here and every other path goes to Flask.
-Same logic (grimbots.ingest), same status codes, same metrics; the Flask blueprint stays
+Same logic (grimbots.telegram_ingest), same status codes, same metrics; the Flask blueprint stays
 registered for anyone using the Flask app alone (tests exercise both).
 """
 
@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from grimbots.ingest import JSON_HEADERS, Answer, TelegramIngest, timed
+from grimbots.answers import JSON_HEADERS, Answer, timed
+from grimbots.telegram_ingest import TelegramIngest
 
 PREFIX = "/webhook/telegram/"
 ROUTE_LABEL = "/webhook/telegram/<int:bot_id>"  # same label as the Flask rule

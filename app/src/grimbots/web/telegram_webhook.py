@@ -1,4 +1,4 @@
-"""POST /webhook/telegram/<bot_id>: Telegram's calls (logic in grimbots.ingest)."""
+"""POST /webhook/telegram/<bot_id>: Telegram's calls (logic in grimbots.telegram_ingest)."""
 
 from __future__ import annotations
 

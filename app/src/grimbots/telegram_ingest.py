@@ -1,4 +1,4 @@
-"""Accept a Telegram webhook call: authenticate, validate, dedupe and enqueue.
+"""The Telegram ingest: authenticate a webhook call, validate, dedupe and enqueue.
 
 Framework-free on purpose: both the Flask blueprint and the thin WSGI fast path in
 grimbots.web.fast_webhook call TelegramIngest.handle(). The hot path does no database
@@ -11,13 +11,13 @@ import hmac
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from importlib import resources
 
 import orjson
 import redis
 
 from grimbots import metrics
+from grimbots.answers import OK, UNAVAILABLE, Answer, error_answer, read_body
 from grimbots.bot_secrets import BotSecretCache
 from grimbots.fast_redis import FastScriptClient
 from grimbots.job_hash import JobHashBuilder
@@ -36,57 +36,11 @@ MAX_BODY_BYTES = 256 * 1024
 MAX_BOT_ID = 2**31 - 1
 MAX_UPDATE_ID = 2**63 - 1
 PROCESS_UPDATE = "grimbots.jobs.updates.process_update"
-JSON_HEADERS = [("Content-Type", "application/json")]
-
-
-@dataclass(frozen=True)
-class Answer:
-    status: int
-    body: bytes
-
-
-OK = Answer(200, b'{"ok":true}')
-
-
-def error_answer(status: int, message: str) -> Answer:
-    return Answer(status, orjson.dumps({"ok": False, "error": message}))
-
-
 NOT_FOUND = error_answer(404, "unknown bot")
-MALFORMED_BODY = error_answer(400, "malformed body")
 FORBIDDEN = error_answer(403, "bad secret token")
-TOO_LARGE = error_answer(413, "body too large")
-UNAVAILABLE = error_answer(503, "temporarily unavailable, retry")
 # One bot's flood must not starve the others: past its admission limit per second an update
 # is refused, and Telegram delivers it again later (it retries every answer but a 2xx).
 OVER_LIMIT = error_answer(429, "too many updates for this bot, retry")
-
-
-def read_body(
-    content_length: str | None, read: Callable[[int], bytes], limit: int = MAX_BODY_BYTES
-) -> tuple[bytes, Answer | None, str]:
-    """(body, None, "") or (b"", the refusal, its reason) for a body over `limit` bytes.
-
-    Checks the declared size before reading, and never reads more than the cap + 1 (a
-    chunked body has no Content-Length). A body the server cannot read (broken chunked
-    framing, a client gone mid-body) is the client's fault: 400, never a 500.
-    """
-    if content_length:
-        try:
-            declared = int(content_length)
-        except ValueError:
-            return b"", error_answer(400, "bad Content-Length"), "bad_request"
-        if declared < 0:
-            return b"", error_answer(400, "bad Content-Length"), "bad_request"
-        if declared > limit:
-            return b"", TOO_LARGE, "too_large"
-    try:
-        body = read(declared if content_length else limit + 1)
-    except Exception:  # the server's own parse errors (gunicorn's, Werkzeug's) differ
-        return b"", MALFORMED_BODY, "malformed_body"
-    if len(body) > limit:
-        return b"", TOO_LARGE, "too_large"
-    return body, None, ""
 
 
 class TelegramIngest:
@@ -131,7 +85,7 @@ class TelegramIngest:
         ):
             return FORBIDDEN, "rejected", "bad_secret"
 
-        body, refused, reason = read_body(content_length, read)
+        body, refused, reason = read_body(content_length, read, MAX_BODY_BYTES)
         if refused is not None:
             return refused, "rejected", reason
 
@@ -185,12 +139,3 @@ class TelegramIngest:
         if accepted < 0:
             return OVER_LIMIT, "rejected", "over_limit"
         return OK, "duplicate", ""
-
-
-def timed(route: str, handler: Callable[[], Answer]) -> Answer:
-    """Run a handler and record the HTTP metrics for it (used by the fast path)."""
-    started = time.perf_counter()
-    answer = handler()
-    metrics.HTTP_LATENCY.labels(route).observe(time.perf_counter() - started)
-    metrics.HTTP_REQUESTS.labels(route, str(answer.status)).inc()
-    return answer
