@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from grimbots import metrics, outbox, payments
+from grimbots import metrics, outbox, payments, texts
 from grimbots.jobs import maintenance
 from grimbots.jobs.gateway import (
     PspUnavailable,
@@ -277,5 +277,5 @@ def code_row(services, payment: Payment) -> int:
             key=payments.code_key(payment.id),
             lead=session.get(Lead, payment.lead_id),
             kind=payments.CODE_KIND,
-            text=payments.pix_code_text("Curso", payment.amount_cents, "000201-test"),
+            text=texts.pix_code_text("Curso", payment.amount_cents, "000201-test"),
         )

@@ -473,9 +473,9 @@ def deliveries() -> None:
 @click.option("--limit", type=click.IntRange(min=1), default=1000, show_default=True)
 def deliveries_list(bot_id: int | None, status: str | None, limit: int) -> None:
     """List deliveries as JSON, newest first."""
-    from grimbots import payments
+    from grimbots.deliveries import list_deliveries
 
-    _print_json(payments.list_deliveries(_services().db, bot_id, status, limit))
+    _print_json(list_deliveries(_services().db, bot_id, status, limit))
 
 
 @deliveries.command("resend")
@@ -485,14 +485,15 @@ def deliveries_resend(payment_id, reason: str) -> None:
     """Send a paid payment's access link again: a new message with its own key."""
     import logging
 
-    from grimbots import metrics, payments
+    from grimbots import metrics
+    from grimbots.deliveries import resend_delivery
     from grimbots.jobs.messages import deliver
     from grimbots.logs import event
 
     if not reason.strip():
         raise click.BadParameter("give a reason", param_hint="--reason")
     services = _services()
-    resent = payments.resend_delivery(services.db, payment_id)
+    resent = resend_delivery(services.db, payment_id)
     if resent is None:
         raise click.ClickException(f"payment {payment_id} has no delivery (not paid?)")
     outbox_id, key = resent

@@ -29,7 +29,7 @@ from rq import Retry, get_current_job
 from rq.exceptions import DuplicateJobError
 from sqlalchemy import select
 
-from grimbots import metrics, outbox, payments
+from grimbots import metrics, outbox, payments, texts
 from grimbots.jobs import current_job_id, tracked
 from grimbots.jobs.messages import deliver
 from grimbots.jobs.webhook import settle
@@ -142,7 +142,7 @@ def create_charge(bot_id: int, lead_id: int, offer_id: int, update_id: int) -> s
             return outcome
         payment = payments.get(services.db, payment.id)
     with services.db.session() as session:
-        text = payments.pix_code_text(offer_name, payment.amount_cents, payment.pix_copy_paste)
+        text = texts.pix_code_text(offer_name, payment.amount_cents, payment.pix_copy_paste)
         outbox_id = outbox.add_text(
             session,
             key=payments.code_key(payment.id),

@@ -16,7 +16,7 @@ from rq import Queue, Retry
 from rq.exceptions import DuplicateJobError
 from rq.job import JobStatus
 
-from grimbots import metrics, payments
+from grimbots import deliveries, metrics, payments
 from grimbots.jobs import current_job_id, tracked
 from grimbots.jobs.messages import deliver
 from grimbots.logs import event
@@ -136,7 +136,7 @@ def send_pending_delivery(services: Services, payment_id: uuid.UUID) -> str | No
     Any number of callers may try: only the one that claims the outbox row (pending ->
     sending) calls Telegram, and a row left `sending` by a killed worker is never re-sent.
     """
-    outbox_id = payments.pending_delivery_outbox_id(services.db, payment_id)
+    outbox_id = deliveries.pending_delivery_outbox_id(services.db, payment_id)
     if outbox_id is None:
         return None
     return deliver(services, outbox_id)
