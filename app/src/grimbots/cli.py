@@ -487,7 +487,7 @@ def deliveries_resend(payment_id, reason: str) -> None:
 
     from grimbots import metrics
     from grimbots.deliveries import resend_delivery
-    from grimbots.jobs.messages import deliver
+    from grimbots.jobs.messages import send_one
     from grimbots.logs import event
 
     if not reason.strip():
@@ -507,7 +507,7 @@ def deliveries_resend(payment_id, reason: str) -> None:
         reason=reason,
     )
     metrics.DELIVERIES.labels("resend").inc()
-    result = deliver(services, outbox_id)
+    result = send_one(services, outbox_id)
     _print_json({"payment": str(payment_id), "outbox_id": outbox_id, "result": result})
     if result != "sent":
         sys.exit(1)

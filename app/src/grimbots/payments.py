@@ -389,3 +389,13 @@ def status_behind_code(db: Database, key: str) -> str | None:
         return session.scalar(
             select(Payment.status).where(Payment.id == uuid.UUID(key[len(CODE_KEY_PREFIX) :]))
         )
+
+
+def settled_before_its_code(db: Database, kind: str, key: str) -> str | None:
+    """For a PIX-code message whose payment is no longer pending, that payment's status:
+    a code held back (its job died, or was slow) until its payment was paid, expired or
+    failed must not be sent, it would only confuse the buyer. None for any other message."""
+    if kind != CODE_KIND:
+        return None
+    status = status_behind_code(db, key)
+    return None if status == PENDING else str(status)

@@ -31,7 +31,7 @@ from sqlalchemy import select
 
 from grimbots import metrics, outbox, payments, texts
 from grimbots.jobs import current_job_id, tracked
-from grimbots.jobs.messages import deliver
+from grimbots.jobs.messages import send_one
 from grimbots.jobs.webhook import settle
 from grimbots.logs import event
 from grimbots.models import Lead, Offer, Payment
@@ -124,7 +124,7 @@ def create_charge(bot_id: int, lead_id: int, offer_id: int, update_id: int) -> s
                 provider=services.pix.provider,
             )
     if payment is None:
-        deliver(services, outbox_id)
+        send_one(services, outbox_id)
         return "no_psp"
     if job is not None and bound is None:
         # Saved before the PSP is asked, so before anyone can pay a charge this run opens.
@@ -150,8 +150,8 @@ def create_charge(bot_id: int, lead_id: int, offer_id: int, update_id: int) -> s
             kind=payments.CODE_KIND,
             text=text,
         )
-    # deliver() sends no code for a payment settled meanwhile (grimbots.jobs.messages).
-    sent = deliver(services, outbox_id)
+    # send_one() sends no code for a payment settled meanwhile (grimbots.jobs.messages).
+    sent = send_one(services, outbox_id)
     event(log, logging.INFO, "pix code", result=sent, **fields)
     return "charged"
 
@@ -209,7 +209,7 @@ def _fail_and_tell(services: Services, payment: Payment, reason: str) -> None:
     with services.db.session() as session:
         lead = session.get(Lead, payment.lead_id)
         outbox_id = _tell(session, f"pix:failed:{payment.id.hex}", lead, CHARGE_REFUSED)
-    deliver(services, outbox_id)
+    send_one(services, outbox_id)
 
 
 def _tell(session, key: str, lead: Lead, text: str) -> int:

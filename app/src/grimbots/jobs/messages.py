@@ -34,11 +34,13 @@ CONCURRENT_SENDS = 16
 
 @tracked
 def send_outbox_message(outbox_id: int) -> str:
-    """RQ job: deliver one outbox row (also called inline by process_update)."""
-    return deliver(get_services(), outbox_id)
+    """RQ job: send one outbox row (also called inline by process_update)."""
+    return send_one(get_services(), outbox_id)
 
 
-def deliver(services: Services, outbox_id: int, inline_retries: int = 0) -> str:
+def send_one(services: Services, outbox_id: int, inline_retries: int = 0) -> str:
+    """Send one outbox row to Telegram, if this run claims it; its outcome ("sent",
+    "skipped:<status>", "moot", "failed", "blocked", "unknown", "scheduled")."""
     while True:
         claimed = outbox.claim(services.db, outbox_id)
         if claimed is None:
@@ -49,16 +51,11 @@ def deliver(services: Services, outbox_id: int, inline_retries: int = 0) -> str:
             return f"skipped:{status}"
 
         fields = _fields(claimed)
-        if claimed.kind == payments.CODE_KIND:
-            # A code held back (its job died, or was slow) until its payment was paid,
-            # expired or failed: sending it now would only confuse the buyer.
-            payment_status = payments.status_behind_code(services.db, claimed.key)
-            if payment_status != payments.PENDING:
-                outbox.mark_failed(
-                    services.db, outbox_id, f"{payments.CODE_NOT_SENT}{payment_status}"
-                )
-                event(log, logging.INFO, "code not sent, payment settled", **fields)
-                return "moot"
+        settled = payments.settled_before_its_code(services.db, claimed.kind, claimed.key)
+        if settled is not None:
+            outbox.mark_failed(services.db, outbox_id, f"{payments.CODE_NOT_SENT}{settled}")
+            event(log, logging.INFO, "code not sent, payment settled", **fields)
+            return "moot"
         result = _call(services, claimed)
         if result is None:
             return "failed"
@@ -79,7 +76,7 @@ def send_claimed(services: Services, claimed: list[outbox.Claimed]) -> dict[int,
 
     The calls run concurrently on the process's keep-alive connections, so one slow
     Telegram answer does not hold up the others, and the rows that went out are marked
-    sent in one transaction. A failed call follows deliver()'s rules (settle()).
+    sent in one transaction. A failed call follows send_one()'s rules (settle()).
     """
     if len(claimed) == 1:
         results = [_call(services, claimed[0])]
@@ -100,10 +97,10 @@ def send_claimed(services: Services, claimed: list[outbox.Claimed]) -> dict[int,
             outcomes[row.id], delay = settle(services, row, result, 0)
             if delay is not None:
                 retry[row.id] = delay
-    if retry:  # back to pending: one wait for all of them, then deliver()'s own loop
+    if retry:  # back to pending: one wait for all of them, then send_one()'s own loop
         time.sleep(max(retry.values()))
         for outbox_id in retry:
-            outcomes[outbox_id] = deliver(services, outbox_id, inline_retries=1)
+            outcomes[outbox_id] = send_one(services, outbox_id, inline_retries=1)
     return outcomes
 
 

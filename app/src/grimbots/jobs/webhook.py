@@ -18,7 +18,7 @@ from rq.job import JobStatus
 
 from grimbots import deliveries, metrics, payments
 from grimbots.jobs import current_job_id, tracked
-from grimbots.jobs.messages import deliver
+from grimbots.jobs.messages import send_one
 from grimbots.logs import event
 from grimbots.pix import PspUnavailable
 from grimbots.services import Services, get_services
@@ -139,4 +139,4 @@ def send_pending_delivery(services: Services, payment_id: uuid.UUID) -> str | No
     outbox_id = deliveries.pending_delivery_outbox_id(services.db, payment_id)
     if outbox_id is None:
         return None
-    return deliver(services, outbox_id)
+    return send_one(services, outbox_id)
