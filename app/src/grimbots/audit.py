@@ -34,18 +34,11 @@ import orjson
 from rq.registry import ScheduledJobRegistry, StartedJobRegistry
 from sqlalchemy import func, select
 
-from grimbots.models import (
-    PAID_STATUSES,
-    Delivery,
-    InboundUpdate,
-    Lead,
-    OutboxMessage,
-    Payment,
-    PaymentEvent,
-)
+from grimbots.models import Delivery, InboundUpdate, Lead, OutboxMessage, Payment, PaymentEvent
 from grimbots.payments import CODE_KIND, CODE_NOT_SENT
 from grimbots.queues import ALL_QUEUES, get_queue
 from grimbots.services import Services
+from grimbots.statuses import PAID_STATUSES, OutboxStatus, PaymentStatus
 
 # Kinds of update that get one sendMessage reply; a buy callback gets answerCallbackQuery.
 MESSAGE_KINDS = {"start", "text"}
@@ -87,7 +80,9 @@ def backlog(services: Services) -> dict[str, int]:
         left[f"{name} dequeued"] = len(queue.intermediate_queue.get_job_ids())
     with services.db.session() as session:
         left["outbox pending"] = session.scalar(
-            select(func.count()).select_from(OutboxMessage).where(OutboxMessage.status == "pending")
+            select(func.count())
+            .select_from(OutboxMessage)
+            .where(OutboxMessage.status == OutboxStatus.PENDING)
         )
         left["payment events unprocessed"] = session.scalar(
             select(func.count())
@@ -101,7 +96,9 @@ def paid_at_psp_pending_here(services: Services) -> list[str]:
     psp = services.settings.pix.base_url.rstrip("/")
     paid = {c["txid"] for c in _get(f"{psp}/_sandbox/charges?status=CONCLUIDA", "charges")}
     with services.db.session() as session:
-        pending = session.scalars(select(Payment.txid).where(Payment.status == "pending"))
+        pending = session.scalars(
+            select(Payment.txid).where(Payment.status == PaymentStatus.PENDING)
+        )
         return sorted(txid for txid in pending if txid in paid)
 
 
@@ -309,7 +306,7 @@ def audit_payments(
         all_txids = set(session.scalars(select(Payment.txid)))
         two_pending = session.execute(
             select(Payment.lead_id, Payment.offer_id, func.count())
-            .where(Payment.status == "pending")
+            .where(Payment.status == PaymentStatus.PENDING)
             .group_by(Payment.lead_id, Payment.offer_id)
             .having(func.count() > 1)
         ).all()
@@ -333,7 +330,7 @@ def audit_payments(
             .select_from(OutboxMessage)
             .where(
                 OutboxMessage.kind == CODE_KIND,
-                OutboxMessage.status == "failed",
+                OutboxMessage.status == OutboxStatus.FAILED,
                 OutboxMessage.error.startswith(CODE_NOT_SENT),
                 OutboxMessage.bot_id.in_(bots),
                 OutboxMessage.chat_id.in_(chats),
@@ -344,7 +341,7 @@ def audit_payments(
             for key in session.scalars(
                 select(OutboxMessage.idempotency_key).where(
                     OutboxMessage.idempotency_key.like("pix:resend:%"),
-                    OutboxMessage.status == "sent",
+                    OutboxMessage.status == OutboxStatus.SENT,
                 )
             )
         )

@@ -16,6 +16,7 @@ import orjson
 from sqlalchemy import select
 
 from grimbots.settings import load_settings_or_exit
+from grimbots.statuses import OutboxStatus
 
 
 def _print_json(value: object) -> None:
@@ -466,7 +467,7 @@ def deliveries() -> None:
 @click.option("--bot", "bot_id", type=int, default=None)
 @click.option(
     "--status",
-    type=click.Choice(["pending", "sending", "sent", "failed"]),
+    type=click.Choice(OutboxStatus.ALL),
     default=None,
     help="state of the delivery message",
 )

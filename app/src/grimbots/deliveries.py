@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from grimbots import outbox
 from grimbots.db import Database, insert_for
 from grimbots.models import Delivery, Lead, Offer, OutboxMessage, Payment
+from grimbots.statuses import OutboxStatus
 from grimbots.texts import delivery_text
 
 
@@ -52,7 +53,7 @@ def pending_delivery_outbox_id(db: Database, payment_id: uuid.UUID) -> int | Non
         return session.scalar(
             select(OutboxMessage.id)
             .join(Delivery, Delivery.outbox_message_id == OutboxMessage.id)
-            .where(Delivery.payment_id == payment_id, OutboxMessage.status == "pending")
+            .where(Delivery.payment_id == payment_id, OutboxMessage.status == OutboxStatus.PENDING)
         )
 
 

@@ -28,6 +28,7 @@ from grimbots.jobs import maintenance
 from grimbots.models import OutboxMessage, Payment
 from grimbots.queues import ALL_QUEUES, get_queue
 from grimbots.services import Services
+from grimbots.statuses import OutboxStatus, PaymentStatus
 
 HEALTH_STATUSES = ("healthy", "degraded", "unhealthy")
 # RQ's registries beside the queue itself ("queued", from the /health check).
@@ -37,7 +38,7 @@ REGISTRIES = {
     "deferred": "deferred_job_registry",
     "failed": "failed_job_registry",
 }
-OUTBOX_IN_FLIGHT = ("pending", "sending")
+OUTBOX_IN_FLIGHT = (OutboxStatus.PENDING, OutboxStatus.SENDING)
 STATEMENT_TIMEOUT_MS = 1000
 
 
@@ -164,7 +165,7 @@ class StateCollector(Collector):
             .group_by(OutboxMessage.status)
         )
         payments_query = select(func.count(), func.min(Payment.created_at)).where(
-            Payment.status == "pending"
+            Payment.status == PaymentStatus.PENDING
         )
         with self.services.db.session() as session:
             if session.get_bind().dialect.name == "postgresql":

@@ -29,6 +29,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from grimbots.statuses import OutboxStatus, PaymentStatus, status_in
+
 # Deterministic constraint names, so migrations can refer to them on every backend.
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -40,12 +42,6 @@ NAMING_CONVENTION = {
 
 # SQLite only auto-increments an "INTEGER PRIMARY KEY"; PostgreSQL gets a real bigint.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
-
-OUTBOX_STATUSES = ("pending", "sending", "sent", "failed")
-# pending -> paid | expired | failed, and expired -> paid_late (money arrived after we had
-# given the charge up; see grimbots.payments). Every move is a compare-and-set.
-PAYMENT_STATUSES = ("pending", "paid", "expired", "failed", "paid_late")
-PAID_STATUSES = ("paid", "paid_late")
 
 
 class Base(DeclarativeBase):
@@ -144,7 +140,7 @@ class OutboxMessage(Base):
 
     __tablename__ = "outbox_messages"
     __table_args__ = (
-        CheckConstraint("status IN ('pending', 'sending', 'sent', 'failed')", name="status_known"),
+        CheckConstraint(status_in(OutboxStatus.ALL), name="status_known"),
         CheckConstraint("attempts >= 0", name="attempts_not_negative"),
     )
 
@@ -157,7 +153,9 @@ class OutboxMessage(Base):
     kind: Mapped[str] = mapped_column(String(32))
     method: Mapped[str] = mapped_column(String(64))
     payload: Mapped[str] = mapped_column(Text)  # JSON body of the Bot API call
-    status: Mapped[str] = mapped_column(String(16), server_default=text("'pending'"), index=True)
+    status: Mapped[str] = mapped_column(
+        String(16), server_default=text(f"'{OutboxStatus.PENDING}'"), index=True
+    )
     attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     telegram_message_id: Mapped[int | None] = mapped_column(BigInteger)
     error: Mapped[str | None] = mapped_column(Text)
@@ -171,9 +169,7 @@ class Payment(Base):
 
     __tablename__ = "payments"
     __table_args__ = (
-        CheckConstraint(
-            "status IN ('pending', 'paid', 'expired', 'failed', 'paid_late')", name="status_known"
-        ),
+        CheckConstraint(status_in(PaymentStatus.ALL), name="status_known"),
         CheckConstraint("amount_cents > 0", name="amount_positive"),
         CheckConstraint("charge_attempts >= 0", name="charge_attempts_not_negative"),
         # A double-tapped "buy" finds the open charge instead of making a second one.
@@ -182,8 +178,8 @@ class Payment(Base):
             "lead_id",
             "offer_id",
             unique=True,
-            postgresql_where=text("status = 'pending'"),
-            sqlite_where=text("status = 'pending'"),
+            postgresql_where=text(f"status = '{PaymentStatus.PENDING}'"),
+            sqlite_where=text(f"status = '{PaymentStatus.PENDING}'"),
         ),
         Index("ix_payments_status_created_at", "status", "created_at"),
     )
@@ -193,7 +189,9 @@ class Payment(Base):
     lead_id: Mapped[int] = mapped_column(ForeignKey("leads.id", ondelete="CASCADE"))
     offer_id: Mapped[int] = mapped_column(ForeignKey("offers.id", ondelete="CASCADE"))
     amount_cents: Mapped[int] = mapped_column(Integer)
-    status: Mapped[str] = mapped_column(String(16), server_default=text("'pending'"))
+    status: Mapped[str] = mapped_column(
+        String(16), server_default=text(f"'{PaymentStatus.PENDING}'")
+    )
     provider: Mapped[str] = mapped_column(String(32))
     txid: Mapped[str] = mapped_column(String(35), unique=True)
     pix_copy_paste: Mapped[str | None] = mapped_column(Text)

@@ -21,6 +21,7 @@ from sqlalchemy import bindparam, func, select, update
 
 from grimbots.db import Database, insert_for
 from grimbots.models import OutboxMessage
+from grimbots.statuses import OutboxStatus
 
 
 @dataclass(frozen=True)
@@ -149,8 +150,8 @@ def claim_in(session, outbox_ids: list[int]) -> list[Claimed]:
         session.connection()
         .execute(
             update(table)
-            .where(c.id.in_(sorted(outbox_ids)), c.status == "pending")
-            .values(status="sending", attempts=c.attempts + 1, updated_at=func.now())
+            .where(c.id.in_(sorted(outbox_ids)), c.status == OutboxStatus.PENDING)
+            .values(status=OutboxStatus.SENDING, attempts=c.attempts + 1, updated_at=func.now())
             .returning(
                 c.id,
                 c.idempotency_key,
@@ -186,7 +187,7 @@ def _finish(db: Database, outbox_id: int, **values: Any) -> bool:
     with db.session() as session:
         result = session.execute(
             update(OutboxMessage)
-            .where(OutboxMessage.id == outbox_id, OutboxMessage.status == "sending")
+            .where(OutboxMessage.id == outbox_id, OutboxMessage.status == OutboxStatus.SENDING)
             .values(updated_at=func.now(), **values)
         )
         return result.rowcount == 1
@@ -196,7 +197,7 @@ def mark_sent(db: Database, outbox_id: int, telegram_message_id: int | None) -> 
     return _finish(
         db,
         outbox_id,
-        status="sent",
+        status=OutboxStatus.SENT,
         telegram_message_id=telegram_message_id,
         sent_at=func.now(),
         error=None,
@@ -211,9 +212,9 @@ def mark_sent_many(db: Database, sent: list[tuple[int, int | None]]) -> None:
         table = OutboxMessage.__table__
         session.connection().execute(
             update(table)
-            .where(table.c.id == bindparam("row_id"), table.c.status == "sending")
+            .where(table.c.id == bindparam("row_id"), table.c.status == OutboxStatus.SENDING)
             .values(
-                status="sent",
+                status=OutboxStatus.SENT,
                 telegram_message_id=bindparam("message_id"),
                 sent_at=func.now(),
                 updated_at=func.now(),
@@ -237,12 +238,12 @@ def statuses_of(db: Database, outbox_ids: list[int]) -> dict[int, str]:
 
 
 def mark_failed(db: Database, outbox_id: int, error: str) -> bool:
-    return _finish(db, outbox_id, status="failed", error=error[:1000])
+    return _finish(db, outbox_id, status=OutboxStatus.FAILED, error=error[:1000])
 
 
 def release(db: Database, outbox_id: int, error: str) -> bool:
     """Back to pending after a call known not to have been delivered (429, 5xx, refused)."""
-    return _finish(db, outbox_id, status="pending", error=error[:1000])
+    return _finish(db, outbox_id, status=OutboxStatus.PENDING, error=error[:1000])
 
 
 def orphans(db: Database, older_than: timedelta, limit: int) -> list[tuple[int, int]]:
@@ -254,7 +255,9 @@ def orphans(db: Database, older_than: timedelta, limit: int) -> list[tuple[int, 
             (row.id, row.attempts)
             for row in session.execute(
                 select(OutboxMessage.id, OutboxMessage.attempts)
-                .where(OutboxMessage.status == "pending", OutboxMessage.updated_at < cutoff)
+                .where(
+                    OutboxMessage.status == OutboxStatus.PENDING, OutboxMessage.updated_at < cutoff
+                )
                 .order_by(OutboxMessage.id)
                 .limit(limit)
             )

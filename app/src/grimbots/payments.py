@@ -48,8 +48,9 @@ from grimbots.db import Database, insert_for
 from grimbots.deliveries import create_delivery
 from grimbots.models import Payment, PaymentEvent
 from grimbots.pix import PaymentNotice, PixPayment, txid_for
+from grimbots.statuses import PaymentStatus
 
-PENDING, PAID, EXPIRED, FAILED, PAID_LATE = "pending", "paid", "expired", "failed", "paid_late"
+PENDING, PAID, EXPIRED, FAILED, PAID_LATE = PaymentStatus.ALL
 # The outbox kind and key prefix of the message carrying a charge's copy-and-paste code.
 CODE_KIND, CODE_KEY_PREFIX = "pix_code", "pix:code:"
 # The error of a code message held back because its payment was settled first.
