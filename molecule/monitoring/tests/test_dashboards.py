@@ -72,10 +72,14 @@ def traffic():
     send counters exist (they appear with their first sample)."""
     app = host_in("app")
     ip = app.check_output("ip -4 -o addr show dev eth0").split()[3].split("/")[0]
+    # The credentials on stdin, as the CLI requires (never on a command line).
+    credentials = shlex.quote(
+        json.dumps({"token": "100000001:monitoring-bot", "secret": "monitoring-webhook-secret"})
+    )
     bot = json.loads(
         app.check_output(
-            "grimbots-manage bots add --name monitoring --token 100000001:monitoring-bot "
-            "--secret monitoring-webhook-secret --welcome Hello"
+            f"echo {credentials} | grimbots-manage bots add --name monitoring "
+            "--credentials - --welcome Hello"
         )
     )
     now = int(time.time())
