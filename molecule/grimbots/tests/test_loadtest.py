@@ -1,7 +1,11 @@
 """The short load test against this scenario's stack: loadtest/run.py --short from the
 controller (through the published ports), one worker SIGKILLed during the fixed-rate
 stage, then the zero-duplication audit on the app host. Keeps the load scripts and the
-audit from rotting: `make loadtest` runs the same code, longer, against the lab."""
+audit from rotting: `make loadtest` runs the same code, longer, against the lab.
+
+Gated on correctness only (no failed request, 0 lost, 0 duplicated): latency is a
+benchmark's figure (`make loadtest`, docs/benchmarks.md), and here the scenario shares the
+two cores with the other test lanes, so a P95 bar would measure the neighbours."""
 
 import json
 import os
@@ -60,6 +64,10 @@ def test_short_load_with_a_worker_kill_loses_and_duplicates_nothing(app, tmp_pat
         "--no-chaos-restart-web",
         "--drain-timeout",
         "600",
+        "--max-fail-ratio",
+        "0",
+        "--max-p95-ms",
+        "60000",
     ]
     run = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=False)
     print(run.stdout[-6000:])  # the summary table and the audit, for the CI log
