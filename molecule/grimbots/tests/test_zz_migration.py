@@ -111,9 +111,11 @@ def test_a_refused_copy_stops_before_the_switch(app, db, pg_url):
     )
     try:
         done = phase2(pg_url, "--limit", inventory_groups()["app"][0])
-        assert done.returncode != 0, done.stdout[-3000:]
-        assert "The move stopped before the switch" in done.stdout
-        assert "refusing to replace it" in done.stdout
+        # ansible-core 2.19 writes a failed task's message to stderr.
+        said = done.stdout + done.stderr
+        assert done.returncode != 0, said[-3000:]
+        assert "The move stopped before the switch" in said, said[-3000:]
+        assert "refusing to replace it" in said, said[-3000:]
         # The rollback: the same SQLite URL, the workers back, the app healthy.
         assert env_url(app).startswith("sqlite:///")
         assert app.service("rq-worker@tasks-1").is_running
