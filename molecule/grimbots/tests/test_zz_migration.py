@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
-from infra import host_in, inventory_groups, wait_until
+from infra import host_in, inventory_groups, play_recap, run_playbook, wait_until
 
 ROOT = Path(__file__).resolve().parents[3]
 PHASE2 = ROOT / "playbooks" / "phase2-postgres.yml"
@@ -49,19 +49,10 @@ def pg_url():
 
 
 def phase2(pg_url, *args):
-    """ansible-playbook playbooks/phase2-postgres.yml with the PostgreSQL URL."""
-    env = {**os.environ, "ANSIBLE_ROLES_PATH": str(ROOT / "roles")}
-    command = [
-        "ansible-playbook",
-        "-i",
-        os.environ["MOLECULE_INVENTORY_FILE"],
-        str(PHASE2),
-        "-e",
-        f"grimbots_database_url={pg_url}",
-        *args,
-    ]
+    """ansible-playbook playbooks/phase2-postgres.yml with the PostgreSQL URL (colourless,
+    so the recap can be read)."""
     started = time.monotonic()
-    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    done = run_playbook(PHASE2, "-e", f"grimbots_database_url={pg_url}", *args)
     print(f"\nMEASURE phase2 {' '.join(args) or 'full'}: {time.monotonic() - started:.0f}s")
     print(done.stdout[-5000:])
     return done
@@ -80,9 +71,9 @@ def psql(db, query):
 
 
 def recap(stdout: str, host: str) -> dict:
-    match = re.search(rf"^{re.escape(host)}\s*: ok=(\d+)\s+changed=(\d+)", stdout, re.M)
-    assert match, f"no recap line for {host}"
-    return {"ok": int(match.group(1)), "changed": int(match.group(2))}
+    counts = play_recap(stdout).get(host)
+    assert counts, f"no recap line for {host}"
+    return counts
 
 
 def published(port: int) -> str:
