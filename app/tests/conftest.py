@@ -423,12 +423,10 @@ def start_web(env, tmp_path):
 @pytest.fixture
 def webhook(settings, bot):
     """post(update) through the production WSGI stack, in-process."""
-    from grimbots.web import create_app, ingest_of
-    from grimbots.web.fast_webhook import FastWebhook
+    from grimbots.web import create_wsgi_app
     from werkzeug.test import Client
 
-    flask_app = create_app(settings)
-    client = Client(FastWebhook(flask_app, ingest_of(flask_app)))
+    client = Client(create_wsgi_app(settings))
 
     def post(update: dict) -> int:
         import orjson

@@ -196,14 +196,14 @@ def test_webhook_is_registered_the_spec_way_and_callbacks_come_to_it_plus_pix(sa
 def test_the_app_takes_callbacks_at_the_spec_path(settings, bot, services):
     """Registered as /webhook/pix/apipix, callbacks arrive at /webhook/pix/apipix/pix."""
     from grimbots.models import PaymentEvent
-    from grimbots.web import create_app
+    from grimbots.web import create_wsgi_app
     from payment_support import PIX_PATH, callback_body, pending_payment, signed
     from support import count
     from werkzeug.test import Client
 
     payment = pending_payment(services, bot, 1601)
     body = callback_body(payment.txid)
-    client = Client(create_app(settings))
+    client = Client(create_wsgi_app(settings))
     assert client.post(PIX_PATH + "/pix", data=body, headers=signed(body)).status_code == 200
     assert count(services, PaymentEvent) == 1
     assert client.post(PIX_PATH + "/other", data=body, headers=signed(body)).status_code == 404

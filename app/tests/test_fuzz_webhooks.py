@@ -12,8 +12,7 @@ import json
 import orjson
 import pytest
 from grimbots.models import InboundUpdate, PaymentEvent
-from grimbots.web import create_app, ingest_of
-from grimbots.web.fast_webhook import FastWebhook
+from grimbots.web import create_wsgi_app
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from payment_support import pending_payment, signed
@@ -76,8 +75,7 @@ def _post(client, path: str, body: bytes, headers: dict[str, str], length: str |
 
 @pytest.fixture
 def client(settings):
-    flask_app = create_app(settings)
-    return Client(FastWebhook(flask_app, ingest_of(flask_app)))
+    return Client(create_wsgi_app(settings))
 
 
 def traces(services, redis_client) -> tuple[int, ...]:

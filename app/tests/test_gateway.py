@@ -22,7 +22,7 @@ from grimbots.pix import PixPayment
 from grimbots.queues import GATEWAY, TASKS, get_queue
 from grimbots.services import init_services
 from grimbots.settings import load_settings
-from grimbots.web import create_app
+from grimbots.web import create_wsgi_app
 from payment_support import (
     PIX_PATH,
     callback_body,
@@ -67,7 +67,7 @@ def paid_by_callback(services, psp, txid: str, **pay_spec) -> int:
 
 
 def post_callback(services, body: bytes) -> int:
-    client = Client(create_app(services.settings))
+    client = Client(create_wsgi_app(services.settings))
     assert client.post(PIX_PATH, data=body, headers=signed(body)).status_code == 200
     with services.db.session() as session:
         return session.scalar(select(PaymentEvent.id).order_by(PaymentEvent.id.desc()))
@@ -134,7 +134,7 @@ def test_buy_without_a_psp_fails_loudly(env, bot, telegram, caplog):
     assert len(sent_texts(telegram, 705, "not available")) == 1
     assert count(services, Payment) == 0
     # The PIX webhook does not exist on such a box.
-    assert Client(create_app(services.settings)).post(PIX_PATH, data=b"{}").status_code == 404
+    assert Client(create_wsgi_app(services.settings)).post(PIX_PATH, data=b"{}").status_code == 404
 
 
 def test_reconciliation_expires_a_removed_charge(services, bot, psp):

@@ -9,13 +9,13 @@ import orjson
 import pytest
 from grimbots.queues import ALL_QUEUES
 from grimbots.settings import load_settings
-from grimbots.web import create_app
+from grimbots.web import create_wsgi_app
 from support import GRIMBOTS, free_port
 from werkzeug.test import Client
 
 
 def _health(settings) -> tuple[int, dict]:
-    response = Client(create_app(settings)).get("/health")
+    response = Client(create_wsgi_app(settings)).get("/health")
     return response.status_code, orjson.loads(response.get_data())
 
 

@@ -10,8 +10,7 @@ import orjson
 import pytest
 from grimbots.models import PaymentEvent
 from grimbots.settings import load_settings
-from grimbots.web import create_app, ingest_of
-from grimbots.web.fast_webhook import FastWebhook
+from grimbots.web import create_wsgi_app
 from payment_support import PIX_PATH, callback_body, pending_payment, signed
 from support import count, free_port, start_message
 from werkzeug.test import Client
@@ -20,8 +19,7 @@ SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 
 
 def production_client(settings) -> Client:
-    flask_app = create_app(settings)
-    return Client(FastWebhook(flask_app, ingest_of(flask_app)))
+    return Client(create_wsgi_app(settings))
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ from grimbots.jobs import maintenance
 from grimbots.models import InboundUpdate
 from grimbots.queues import TASKS, update_job_id
 from grimbots.settings import load_settings
-from grimbots.web import create_app
+from grimbots.web import create_wsgi_app
 from rq.job import Job
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry
 from support import count, start_message, wait_for
@@ -27,7 +27,7 @@ def set_connections(postgres, database_url: str, allowed: bool) -> None:
 
 
 def health(env) -> dict:
-    response = Client(create_app(load_settings(env))).get("/health")
+    response = Client(create_wsgi_app(load_settings(env))).get("/health")
     return orjson.loads(response.get_data())
 
 
@@ -81,7 +81,7 @@ def test_update_failing_past_its_retries_is_processed_once_when_the_database_is_
     stats = maintenance.stats(raw)
     assert stats["requeued:tasks"] == 1 and stats["last_run"] > 0
     # Counted in /metrics too, summed over every host's sweeps.
-    text = Client(create_app(load_settings(env))).get("/metrics").get_data(as_text=True)
+    text = Client(create_wsgi_app(load_settings(env))).get("/metrics").get_data(as_text=True)
     assert 'grimbots_maintenance_requeued_jobs_total{queue="tasks"} 1.0' in text
     assert "grimbots_maintenance_last_run_timestamp_seconds " in text
 

@@ -8,7 +8,7 @@ from datetime import timedelta
 from grimbots import outbox
 from grimbots.queues import ALL_QUEUES, GATEWAY, TASKS, get_queue
 from grimbots.settings import load_settings
-from grimbots.web import create_app
+from grimbots.web import create_wsgi_app
 from payment_support import make_lead, pending_payment
 from support import free_port
 from test_metrics import sample
@@ -16,7 +16,7 @@ from werkzeug.test import Client
 
 
 def scrape(settings) -> str:
-    response = Client(create_app(settings)).get("/metrics")
+    response = Client(create_wsgi_app(settings)).get("/metrics")
     assert response.status_code == 200
     return response.get_data(as_text=True)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from grimbots.models import PaymentEvent
 from grimbots.settings import SettingsError, load_settings
-from grimbots.web import create_app
+from grimbots.web import create_wsgi_app
 from payment_support import PIX_PATH, callback_body, pending_payment, signed
 from support import count
 from werkzeug.test import Client
@@ -16,7 +16,7 @@ PSP = "/C=BR/O=Example PSP/CN=callbacks.psp.example"
 
 
 def client_for(env, **extra: str) -> Client:
-    return Client(create_app(load_settings(env | extra)))
+    return Client(create_wsgi_app(load_settings(env | extra)))
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from grimbots.jobs.webhook import settle
 from grimbots.models import Delivery, OutboxMessage, Payment, PaymentEvent
 from grimbots.queues import WEBHOOK
 from grimbots.settings import load_settings
-from grimbots.web import create_app
+from grimbots.web import create_wsgi_app
 from payment_support import PIX_PATH, callback_body, pending_payment, signed
 from rq import Queue
 from sqlalchemy import select
@@ -20,7 +20,7 @@ from werkzeug.test import Client
 
 @pytest.fixture
 def client(settings) -> Client:
-    return Client(create_app(settings))
+    return Client(create_wsgi_app(settings))
 
 
 def post(client, body: bytes, headers: dict, path: str = PIX_PATH, chunked: bool = False):
@@ -128,11 +128,11 @@ def test_storage_down_answers_503(down, env, settings, bot, services):
         env = env | {"GRIMBOTS_REDIS_URL": f"redis://127.0.0.1:{closed}/0"}
     else:
         env = env | {"GRIMBOTS_DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:{closed}/x"}
-    client = Client(create_app(load_settings(env)))
+    client = Client(create_wsgi_app(load_settings(env)))
     body = callback_body(payment.txid)
     assert post(client, body, signed(body)).status_code == 503
     # The PSP retries; once storage is back, the same callback is taken and queued (with
     # Redis down, the event was stored but its job was not: the repeat queues it).
-    assert post(Client(create_app(settings)), body, signed(body)).status_code == 200
+    assert post(Client(create_wsgi_app(settings)), body, signed(body)).status_code == 200
     assert len(events(services)) == 1
     assert Queue(WEBHOOK, connection=services.redis.raw).count == 1

@@ -12,7 +12,7 @@ from grimbots.jobs.gateway import create_charge, reconcile
 from grimbots.jobs.webhook import settle
 from grimbots.models import Delivery, Payment, PaymentEvent
 from grimbots.pix import PspUnavailable
-from grimbots.web import create_app
+from grimbots.web import create_wsgi_app
 from payment_support import PIX_PATH, callback_body, make_lead, sent_texts, signed
 from sqlalchemy import select, update
 from support import count
@@ -28,7 +28,7 @@ def charge(services, bot, user_id: int) -> Payment:
 
 
 def post_callback(services, body: bytes) -> int:
-    client = Client(create_app(services.settings))
+    client = Client(create_wsgi_app(services.settings))
     assert client.post(PIX_PATH, data=body, headers=signed(body)).status_code == 200
     with services.db.session() as session:
         return session.scalar(select(PaymentEvent.id).order_by(PaymentEvent.id.desc()))

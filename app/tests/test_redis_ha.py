@@ -28,8 +28,7 @@ from conftest import RedisServer
 from grimbots.models import InboundUpdate
 from grimbots.queues import TASKS, update_job_id
 from grimbots.settings import load_settings
-from grimbots.web import create_app, ingest_of
-from grimbots.web.fast_webhook import FastWebhook
+from grimbots.web import create_wsgi_app
 from sqlalchemy import select
 from support import GRIMBOTS, Process, free_port, start_message, wait_for
 from werkzeug.test import Client
@@ -155,8 +154,8 @@ def update_id_job(bot, update_id: int) -> str:
 
 
 def webhook_client(env: dict[str, str]) -> tuple[Client, object]:
-    flask_app = create_app(load_settings(env))
-    return Client(FastWebhook(flask_app, ingest_of(flask_app))), flask_app
+    app = create_wsgi_app(load_settings(env))
+    return Client(app), app.flask_app
 
 
 def post(client: Client, bot, update_id: int) -> int:

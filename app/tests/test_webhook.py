@@ -8,8 +8,7 @@ import orjson
 import pytest
 from grimbots.models import InboundUpdate, OutboxMessage
 from grimbots.settings import load_settings
-from grimbots.web import create_app, ingest_of
-from grimbots.web.fast_webhook import FastWebhook
+from grimbots.web import create_wsgi_app
 from sqlalchemy import func, select
 from support import free_port, start_message
 from werkzeug.test import Client
@@ -17,13 +16,9 @@ from werkzeug.test import Client
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 
 
-@pytest.fixture(params=["fast-path", "flask"])
-def client(request, settings) -> Client:
-    flask_app = create_app(settings)
-    app = (
-        FastWebhook(flask_app, ingest_of(flask_app)) if request.param == "fast-path" else flask_app
-    )
-    return Client(app)
+@pytest.fixture
+def client(settings) -> Client:
+    return Client(create_wsgi_app(settings))
 
 
 def _post(client, bot_id, body, secret, chunked=False):
@@ -116,8 +111,7 @@ def test_chunked_body_is_accepted(client, bot, redis_client):
 def test_redis_down_answers_503_not_200(env, bot, redis_server):
     # A Redis that is not running: a port nobody listens on.
     settings = load_settings(env | {"GRIMBOTS_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"})
-    flask_app = create_app(settings)
-    client = Client(FastWebhook(flask_app, ingest_of(flask_app)))
+    client = Client(create_wsgi_app(settings))
     response = _post(client, bot.id, GOOD_BODY, bot.secret)
     assert response.status_code == 503
     assert redis_server.client().llen("rq:queue:tasks") == 0
@@ -125,8 +119,7 @@ def test_redis_down_answers_503_not_200(env, bot, redis_server):
 
 def test_survives_a_redis_restart(settings, bot, redis_server, redis_client):
     """Pooled sockets die with the server; the next request must not be lost or doubled."""
-    flask_app = create_app(settings)
-    client = Client(FastWebhook(flask_app, ingest_of(flask_app)))
+    client = Client(create_wsgi_app(settings))
     assert _post(client, bot.id, GOOD_BODY, bot.secret).status_code == 200
     redis_server.stop()
     assert _post(client, bot.id, orjson.dumps(start_message(2, 42)), bot.secret).status_code == 503

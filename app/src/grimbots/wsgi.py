@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from grimbots.logs import configure_logging
 from grimbots.settings import load_settings_or_exit
-from grimbots.web import create_app, ingest_of
-from grimbots.web.fast_webhook import FastWebhook
+from grimbots.web import create_wsgi_app
 
 settings = load_settings_or_exit()
 configure_logging(settings.log_level)
-flask_app = create_app(settings)
-app = FastWebhook(flask_app, ingest_of(flask_app), settings.ops_port)
+app = create_wsgi_app(settings)

@@ -1,4 +1,6 @@
-"""The Flask application factory: one blueprint per surface."""
+"""The application factories: `create_app` builds the Flask app (one blueprint per
+surface), `create_wsgi_app` the WSGI app gunicorn serves (grimbots.wsgi) and the tests use:
+Telegram's webhook answered in front of Flask (grimbots.web.fast_webhook), the rest by Flask."""
 
 from __future__ import annotations
 
@@ -14,12 +16,12 @@ from grimbots.settings import Settings
 from grimbots.telegram_ingest import MAX_BODY_BYTES, TelegramIngest
 from grimbots.web.admin import admin
 from grimbots.web.extension import EXTENSION, ingest_of, pix_ingest_of, services_of
+from grimbots.web.fast_webhook import FastWebhook
 from grimbots.web.health import health
 from grimbots.web.pix_webhook import pix_webhook
 from grimbots.web.prometheus import metrics_bp
-from grimbots.web.telegram_webhook import telegram_webhook
 
-__all__ = ["create_app", "ingest_of", "pix_ingest_of", "services_of"]
+__all__ = ["create_app", "create_wsgi_app", "ingest_of", "pix_ingest_of", "services_of"]
 
 
 def create_app(settings: Settings) -> Flask:
@@ -34,7 +36,6 @@ def create_app(settings: Settings) -> Flask:
         "pix_ingest": PixIngest(services),
     }
 
-    app.register_blueprint(telegram_webhook)
     app.register_blueprint(pix_webhook)
     app.register_blueprint(health)
     app.register_blueprint(metrics_bp)
@@ -55,3 +56,9 @@ def create_app(settings: Settings) -> Flask:
         return response
 
     return app
+
+
+def create_wsgi_app(settings: Settings) -> FastWebhook:
+    """The app as served: its Flask app is `.flask_app`."""
+    flask_app = create_app(settings)
+    return FastWebhook(flask_app, ingest_of(flask_app), settings.ops_port)

@@ -4,8 +4,8 @@ operator surfaces (/admin, /metrics) off the public listener.
 Measured on the 2-core box (docs/benchmarks.md): Flask's request setup (request context,
 URL matching, hooks, Response object) costs more CPU than everything else the webhook does
 per request, so the webhook route is served here and every other path goes to Flask.
-Same logic (grimbots.telegram_ingest), same status codes, same metrics; the Flask blueprint stays
-registered for anyone using the Flask app alone (tests exercise both).
+The one Telegram route: grimbots.telegram_ingest holds its logic, grimbots.web.create_wsgi_app
+puts this layer in front of the Flask app.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from grimbots.answers import JSON_HEADERS, Answer, timed
 from grimbots.telegram_ingest import TelegramIngest
 
 PREFIX = "/webhook/telegram/"
-ROUTE_LABEL = "/webhook/telegram/<int:bot_id>"  # same label as the Flask rule
+ROUTE_LABEL = "/webhook/telegram/<int:bot_id>"  # the metrics label, as a Flask rule would read
 REASONS = {
     200: "200 OK",
     400: "400 Bad Request",
@@ -61,7 +61,7 @@ class FastWebhook:
             )
             return [NOT_HERE.body]
         bot_part = path[len(PREFIX) :] if path.startswith(PREFIX) else ""
-        # Same matching as Flask's <int:bot_id>: ASCII digits only, no sign, no slash. More
+        # Matched as Flask's <int:bot_id> would: ASCII digits only, no sign, no slash. More
         # than 10 digits is no bot id (ingest refuses ids past 2^31 - 1 anyway), and int()
         # of thousands of digits is slow enough to be an attack in itself.
         if not (bot_part.isascii() and bot_part.isdigit()):
