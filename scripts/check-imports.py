@@ -5,8 +5,10 @@ Reads every module of app/src/grimbots with `ast` (nothing is imported or run), 
 every `import` and `from ... import` that names a grimbots module, wherever it sits (a
 module's top or inside a function: a lazy import hides a cycle, it does not remove it),
 and prints each cycle found: a submodule that imports names from its package's __init__
-while that __init__ imports the submodule is one. Exit code 1 when there is one. Part of
-`make lint`.
+while that __init__ imports the submodule is one. It also prints every import of
+grimbots.lab (the stand-ins, the audit, the test servers: lab and tests only) from the
+product: only grimbots.cli may, and only inside its lab commands' bodies, so that a
+production process never loads it. Exit code 1 when there is either. Part of `make lint`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1] / "app" / "src"
 PACKAGE = "grimbots"
+LAB = "grimbots.lab"
+LAB_IMPORTER = "grimbots.cli"  # its lab commands import grimbots.lab lazily
 
 
 def module_name(path: Path) -> str:
@@ -26,11 +30,13 @@ def module_name(path: Path) -> str:
     return ".".join(parts)
 
 
-def imports_of(path: Path, name: str, modules: set[str]) -> set[str]:
-    """The grimbots modules `path` imports (a `from a import b` counts a.b when a module)."""
+def imports_of(path: Path, name: str, modules: set[str], top_level: bool = False) -> set[str]:
+    """The grimbots modules `path` imports (a `from a import b` counts a.b when a module);
+    with `top_level`, only the imports at the module's top (run when it is imported)."""
     is_package = path.name == "__init__.py"
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    tree = ast.parse(path.read_text(), str(path))
+    for node in tree.body if top_level else ast.walk(tree):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -85,6 +91,24 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
+def in_lab(module: str) -> bool:
+    return module == LAB or module.startswith(LAB + ".")
+
+
+def lab_imports(paths: list[Path], graph: dict[str, set[str]], modules: set[str]) -> list[str]:
+    """Imports of grimbots.lab from outside it, but for LAB_IMPORTER's lazy ones."""
+    found = []
+    for path in paths:
+        name = module_name(path)
+        if in_lab(name):
+            continue
+        imported = graph[name]
+        if name == LAB_IMPORTER:
+            imported = imports_of(path, name, modules, top_level=True)
+        found += [f"{name} -> {lab}" for lab in sorted(imported) if in_lab(lab)]
+    return found
+
+
 def main() -> int:
     paths = sorted((ROOT / PACKAGE).rglob("*.py"))
     modules = {module_name(p) for p in paths}
@@ -94,9 +118,12 @@ def main() -> int:
         edges = [f"{a} -> {b}" for a in component for b in sorted(graph[a]) if b in component]
         print("import cycle: " + ", ".join(component))
         print("  " + "\n  ".join(edges))
-    if not found:
-        print(f"import graph: {len(modules)} modules, no cycle")
-    return 1 if found else 0
+    lab = lab_imports(paths, graph, modules)
+    for edge in lab:
+        print(f"product imports the lab: {edge} (only {LAB_IMPORTER}'s command bodies may)")
+    if not found and not lab:
+        print(f"import graph: {len(modules)} modules, no cycle, the lab imported by the CLI only")
+    return 1 if found or lab else 0
 
 
 if __name__ == "__main__":

@@ -17,9 +17,9 @@ import httpx
 import psycopg
 import pytest
 import redis
+from grimbots.lab.sandbox.telegram import start_in_thread
 from grimbots.migrate import upgrade
 from grimbots.models import Bot, Offer
-from grimbots.sandbox.telegram import start_in_thread
 from grimbots.services import Services, init_services
 from grimbots.settings import Settings, load_settings
 from pix_fixtures import PIX_KEY, WEBHOOK_SECRET, start_sandbox

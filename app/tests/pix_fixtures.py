@@ -13,8 +13,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
+from grimbots.lab.sandbox.pix import PixSandboxConfig, PixSandboxServer, start_in_thread
 from grimbots.pix import ApiPixAdapter, PixSettings
-from grimbots.sandbox.pix import PixSandboxConfig, PixSandboxServer, start_in_thread
 
 PIX_KEY = "a3f1c2d4-5b6e-4f70-8a9b-0c1d2e3f4a5b"  # an EVP (random) key
 WEBHOOK_SECRET = "test-webhook-secret-0123456789"

@@ -148,46 +148,9 @@ def bots_seed(count: int, name_prefix: str, price_cents: int) -> None:
     {"created": N, "bots": [{"id", "name", "secret", "offers": [id]}]}: the load
     generator's bots file, so it holds webhook secrets.
     """
-    from grimbots.models import Bot, Offer
+    from grimbots.lab.seed import seed_bots
 
-    width = max(3, len(str(count)))
-    names = [f"{name_prefix}-{i:0{width}d}" for i in range(1, count + 1)]
-    services = _services()
-    created = 0
-    with services.db.session() as session:
-        existing = {b.name: b for b in session.scalars(select(Bot).where(Bot.name.in_(names)))}
-        for index, name in enumerate(names, start=1):
-            if name not in existing:
-                # Shaped like a Bot API token; only a stand-in accepts it.
-                token = f"{900_000_000 + index}:{name}-token-for-the-stand-in"
-                bot = Bot(name=name, token=token, webhook_secret=secrets.token_urlsafe(32))
-                session.add(bot)
-                existing[name] = bot
-                created += 1
-        session.flush()
-        bots = [existing[name] for name in names]
-        offers_by_bot: dict[int, list[int]] = {b.id: [] for b in bots}
-        for bot_id, offer_id in session.execute(
-            select(Offer.bot_id, Offer.id).where(Offer.bot_id.in_(offers_by_bot)).order_by(Offer.id)
-        ):
-            offers_by_bot[bot_id].append(offer_id)
-        for bot in bots:
-            if not offers_by_bot[bot.id]:
-                offer = Offer(
-                    bot_id=bot.id,
-                    name=f"{bot.name} course",
-                    price_cents=price_cents,
-                    access_link=f"https://example.invalid/{bot.name}",
-                )
-                session.add(offer)
-                session.flush()
-                offers_by_bot[bot.id].append(offer.id)
-                created += 1
-        result = [
-            {"id": b.id, "name": b.name, "secret": b.webhook_secret, "offers": offers_by_bot[b.id]}
-            for b in bots
-        ]
-    _print_json({"created": created, "bots": result})
+    _print_json(seed_bots(_services().db, count, name_prefix, price_cents))
 
 
 @main.group()
@@ -298,7 +261,7 @@ def sandbox() -> None:
 @click.option("--port", default=8081, show_default=True, type=int)
 def sandbox_telegram(host: str, port: int) -> None:
     """Run the Telegram Bot API stand-in (records every call)."""
-    from grimbots.sandbox.telegram import serve_forever
+    from grimbots.lab.sandbox.telegram import serve_forever
 
     serve_forever(host, port)
 
@@ -357,7 +320,7 @@ def sandbox_pix(
 
     Options also come from GRIMBOTS_SANDBOX_PIX_* variables (see --help).
     """
-    from grimbots.sandbox.pix import PixSandboxConfig, serve_forever
+    from grimbots.lab.sandbox.pix import PixSandboxConfig, serve_forever
 
     serve_forever(
         host,
@@ -526,7 +489,7 @@ def deliveries_resend(payment_id, reason: str) -> None:
 @click.option("--run", "run_label", default=None, help="which run this is (the first line)")
 def audit_command(sent_file, drain_timeout: float, run_label: str | None) -> None:
     """Reconcile what was sent with what the system did; exit 1 on any loss or duplicate."""
-    from grimbots.audit import audit, read_sent
+    from grimbots.lab.audit import audit, read_sent
 
     click.echo(f"audit of {run_label or sent_file.name}")
     services = _services()

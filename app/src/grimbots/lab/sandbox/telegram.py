@@ -23,7 +23,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
-from grimbots.sandbox.http import JsonHandler, StandInServer
+from grimbots.lab.sandbox.http import JsonHandler, StandInServer
 
 METHODS = {"sendMessage", "answerCallbackQuery", "setWebhook", "getMe", "deleteWebhook"}
 

@@ -68,9 +68,9 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import httpx
 import orjson
 
+from grimbots.lab.sandbox.http import JsonHandler, StandInServer
 from grimbots.pix.brcode import build_dynamic_br_code
 from grimbots.pix.notifications import SIGNATURE_HEADER, sign
-from grimbots.sandbox.http import JsonHandler, StandInServer
 
 _TXID = re.compile(r"[a-zA-Z0-9]{26,35}")
 _VALOR = re.compile(r"[0-9]{1,10}\.[0-9]{2}")  # ASCII digits only, like the app

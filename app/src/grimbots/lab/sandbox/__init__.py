@@ -1,0 +1,1 @@
+"""Local stand-ins for the services the app calls: Telegram (telegram) and the PSP (pix)."""
