@@ -34,17 +34,19 @@ def test_each_tag_alone_changes_nothing_on_a_converged_host(tag):
 
 def test_configure_tag_alone_fires_the_restart_handler(app):
     pid_before = app.check_output("systemctl show -p MainPID --value grimbots-web.service")
-    run = run_playbook(
-        PHASE1, "--tags", "grimbots_configure", extra_vars={"grimbots_log_level": "DEBUG"}
-    )
-    assert run.returncode == 0, output(run)
-    assert "RUNNING HANDLER [grimbots : Restart grimbots app]" in run.stdout, output(run)
-    assert 'GRIMBOTS_LOG_LEVEL="DEBUG"' in app.file(ENV_FILE).content_string
-    assert app.check_output("systemctl show -p MainPID --value grimbots-web.service") != pid_before
-    wait_until(lambda: healthy(app), 60, "/health healthy after the tag's restart")
-
-    # Back to the converged settings, through the same tag.
-    run = run_playbook(PHASE1, "--tags", "grimbots_configure")
+    try:
+        run = run_playbook(
+            PHASE1, "--tags", "grimbots_configure", extra_vars={"grimbots_log_level": "DEBUG"}
+        )
+        assert run.returncode == 0, output(run)
+        assert "RUNNING HANDLER [grimbots : Restart grimbots app]" in run.stdout, output(run)
+        assert 'GRIMBOTS_LOG_LEVEL="DEBUG"' in app.file(ENV_FILE).content_string
+        pid_after = app.check_output("systemctl show -p MainPID --value grimbots-web.service")
+        assert pid_after != pid_before
+        wait_until(lambda: healthy(app), 60, "/health healthy after the tag's restart")
+    finally:
+        # Back to the converged settings, through the same tag, whatever failed above.
+        run = run_playbook(PHASE1, "--tags", "grimbots_configure")
     assert run.returncode == 0, output(run)
     assert 'GRIMBOTS_LOG_LEVEL="INFO"' in app.file(ENV_FILE).content_string
     wait_until(lambda: healthy(app), 60, "/health healthy again")
