@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import shutil
 import subprocess
 import tempfile
 import time
@@ -40,21 +39,16 @@ import httpx
 import orjson
 import psycopg
 import redis
-from openloop import open_loop
-from rq import Queue
-from servers import (
+from grimbots.lab.servers import (
     GRIMBOTS,
-    PostgresCluster,
-    Processes,
-    RedisServer,
-    app_env,
     free_port,
     gunicorn_command,
-    load_average,
-    tree_cpu,
-    wait_port,
+    port_open,
     wait_until,
 )
+from openloop import open_loop
+from rq import Queue
+from servers import Servers, load_average, running_servers, seed_bots, tree_cpu
 
 REPO = Path(__file__).resolve().parents[2]
 GROUPS = ("web", "workers", "redis", "postgres", "stand-in", "generator")
@@ -327,153 +321,121 @@ def main() -> None:
         args.statements.mkdir(parents=True, exist_ok=True)
 
     work = Path(tempfile.mkdtemp(prefix="grimbots-bench-e2e-"))
-    procs = Processes(work)
-    redis_server = RedisServer(work)
-    pg = PostgresCluster() if args.database == "postgres" else None
-    pg_options = "-c shared_preload_libraries=pg_stat_statements" if args.statements else ""
+    pg_settings = "-c shared_preload_libraries=pg_stat_statements" if args.statements else ""
+    postgres = args.database == "postgres"
+    with running_servers(work, postgres, pg_settings, keep_logs=args.keep_logs) as servers:
+        sweep(args, rates, servers)
+
+
+def sweep(args, rates: list[float], servers: Servers) -> None:
+    """Start the stand-in, gunicorn and the workers on `servers`, then run each rate."""
+    procs, redis_server, pg = servers.procs, servers.redis, servers.pg
     results: list[dict] = []
-    try:
-        redis_server.start()
-        database_url = pg.start(options=pg_options) if pg else f"sqlite:///{work}/bench.db"
-        web_port, tg_port = free_port(), free_port()
-        tg_url = f"http://127.0.0.1:{tg_port}"
-        (work / "prometheus").mkdir()
-        env = app_env(
-            database_url,
-            redis_server.url,
-            GRIMBOTS_LOG_LEVEL="INFO",
-            GRIMBOTS_TELEGRAM_API_URL=tg_url,
-            PROMETHEUS_MULTIPROC_DIR=str(work / "prometheus"),
+    web_port, tg_port = free_port(), free_port()
+    tg_url = f"http://127.0.0.1:{tg_port}"
+    env = servers.env(GRIMBOTS_LOG_LEVEL="INFO", GRIMBOTS_TELEGRAM_API_URL=tg_url)
+    subprocess.run([GRIMBOTS, "db", "upgrade"], env=env, check=True, capture_output=True)
+    bots = [
+        {"path": f"/webhook/telegram/{b['id']}", "secret": b["secret"], "token_id": b["token_id"]}
+        for b in seed_bots(env, args.bots, "e2e")
+    ]
+    stand_in = procs.spawn(
+        "telegram", [GRIMBOTS, "sandbox", "telegram", "--port", str(tg_port)], env
+    )
+    web = procs.spawn("web", gunicorn_command(web_port, workers=args.web_workers), env)
+    workers = [
+        procs.spawn(
+            f"worker-{i}",
+            [GRIMBOTS, "worker", "tasks"]
+            + (["--worker-class", args.worker_class] if args.worker_class else []),
+            env,
         )
-        subprocess.run([GRIMBOTS, "db", "upgrade"], env=env, check=True, capture_output=True)
-        seeded = orjson.loads(
-            subprocess.run(
-                [GRIMBOTS, "bots", "seed", "--count", str(args.bots), "--name-prefix", "e2e"],
-                env=env,
-                check=True,
-                capture_output=True,
-            ).stdout
-        )["bots"]
-        # `bots seed` gives bot number k the token "<900000000 + k>:...", and the stand-in
-        # records that number as bot_id.
-        bots = [
-            {
-                "path": f"/webhook/telegram/{b['id']}",
-                "secret": b["secret"],
-                "token_id": 900_000_000 + k,
-            }
-            for k, b in enumerate(seeded, start=1)
-        ]
-        stand_in = procs.spawn(
-            "telegram", [GRIMBOTS, "sandbox", "telegram", "--port", str(tg_port)], env
-        )
-        web = procs.spawn("web", gunicorn_command(web_port, args.web_workers), env)
-        workers = [
-            procs.spawn(
-                f"worker-{i}",
-                [GRIMBOTS, "worker", "tasks"]
-                + (["--worker-class", args.worker_class] if args.worker_class else []),
-                env,
-            )
-            for i in range(args.tasks_workers)
-        ]
-        wait_port(tg_port)
-        wait_port(web_port)
-        r = redis.Redis(port=redis_server.port)
-        wait_until(
-            lambda: r.scard("rq:workers:tasks") == args.tasks_workers, 60, "workers registered"
-        )
-        groups = {
-            "web": [web.pid],
-            "workers": [w.pid for w in workers],
-            "redis": [redis_server.pid],
-            "postgres": [pg.pid] if pg else [],
-            "stand-in": [stand_in.pid],
-            "generator": [],
-        }
-        ctx = {
-            "http": httpx.Client(timeout=120),
-            "redis": r,
-            "tg_url": tg_url,
-            "web_port": web_port,
-            "bots": bots,
-            "groups": groups,
-            "pg_dsn": pg.dsn("bench") if pg else None,
-        }
+        for i in range(args.tasks_workers)
+    ]
+    wait_until(lambda: port_open(tg_port) and port_open(web_port), 20, "the stand-in and gunicorn")
+    r = redis.Redis(port=redis_server.port)
+    wait_until(lambda: r.scard("rq:workers:tasks") == args.tasks_workers, 60, "workers registered")
+    groups = {
+        "web": [web.pid],
+        "workers": [w.pid for w in workers],
+        "redis": [redis_server.pid],
+        "postgres": [pg.pid] if pg else [],
+        "stand-in": [stand_in.pid],
+        "generator": [],
+    }
+    ctx = {
+        "http": httpx.Client(timeout=120),
+        "redis": r,
+        "tg_url": tg_url,
+        "web_port": web_port,
+        "bots": bots,
+        "groups": groups,
+        "pg_dsn": pg.dsn("bench") if pg else None,
+    }
+    if args.statements and pg:
+        with psycopg.connect(pg.dsn("bench"), autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION pg_stat_statements")
+    if args.backlog:
+        from grimbots.bot_secrets import BotSecretCache
+        from grimbots.settings import load_settings
+        from grimbots.telegram_ingest import TelegramIngest
+
+        secrets = {int(b["path"].rsplit("/", 1)[1]): b["secret"] for b in bots}
+        ctx["ingest"] = TelegramIngest(load_settings(env), BotSecretCache(secrets.get))
+        rates = [1000.0]  # only shapes the traffic's mix (who writes again when)
+    commit = git_commit()
+    print(
+        f"# commit {commit}; {os.cpu_count()} cores; {args.database}; gunicorn x"
+        f"{args.web_workers} (gevent), tasks workers x{args.tasks_workers}"
+        f" ({args.worker_class or 'default class'}), {args.bots} bots;"
+        f" {args.duration:g} s per rate"
+    )
+    print(f"# uptime before: {uptime()}")
+    # Warm-up (not reported): connections, caches, the first INSERTs of each table.
+    warm = argparse.Namespace(**{**vars(args), "duration": 3.0, "backlog": None})
+    run_step(warm, 0, 20.0, ctx)
+    for step, rate in enumerate(rates, start=1):
         if args.statements and pg:
             with psycopg.connect(pg.dsn("bench"), autocommit=True) as conn:
-                conn.execute("CREATE EXTENSION pg_stat_statements")
-        if args.backlog:
-            from grimbots.bot_secrets import BotSecretCache
-            from grimbots.settings import load_settings
-            from grimbots.telegram_ingest import TelegramIngest
-
-            secrets = {int(b["path"].rsplit("/", 1)[1]): b["secret"] for b in bots}
-            ctx["ingest"] = TelegramIngest(load_settings(env), BotSecretCache(secrets.get))
-            rates = [1000.0]  # only shapes the traffic's mix (who writes again when)
-        commit = git_commit()
+                conn.execute("SELECT pg_stat_statements_reset()")
+        res = run_step(args, step, rate, ctx)
+        if args.statements and pg:
+            write_statements(
+                pg.dsn("bench"), res["accepted"], args.statements / f"{rate:g}-sql.txt"
+            )
+        results.append(res)
+        c = res["cpu_ms_per_update"]
         print(
-            f"# commit {commit}; {os.cpu_count()} cores; {args.database}; gunicorn x"
-            f"{args.web_workers} (gevent), tasks workers x{args.tasks_workers}"
-            f" ({args.worker_class or 'default class'}), {args.bots} bots;"
-            f" {args.duration:g} s per rate"
+            f"{rate:g}/s: {res['replies']} replies for {res['accepted']} updates "
+            f"({res['door_errors']} not accepted, door P95 {res['door_p95_ms']} ms), "
+            f"{res['replies_per_s']:.0f} replies/s, P50/P95/P99 "
+            f"{1000 * res['p50_s']:.0f}/{1000 * res['p95_s']:.0f}/"
+            f"{1000 * res['p99_s']:.0f} ms, max {1000 * res['max_s']:.0f} ms, "
+            f"lost {res['lost']}, doubled {res['doubled']}, unexpected {res['unexpected']}, "
+            f"replied though the door did not answer 200 in time "
+            f"{res['replied_but_not_answered_200']}, "
+            f"not 200 at stand-in {res['not_200_at_stand_in']}, drain {res['drain_s']:.1f} s; "
+            f"per update: {res['redis_commands_per_update']:.1f} Redis commands, "
+            f"{res['redis_bytes_per_update']:.0f} bytes kept in Redis "
+            f"({', '.join(f'{k} {v}' for k, v in res['redis_bytes_of_one_update'].items())}), "
+            f"{res.get('pg_transactions_per_update', float('nan')):.1f} PG transactions, "
+            f"{res.get('pg_bytes_per_update', float('nan')):.0f} bytes stored in PG; "
+            f"CPU ms/update "
+            + ", ".join(f"{g} {c[g]:.2f}" for g in GROUPS)
+            + f" = {res['cpu_ms_per_update_all']:.2f}; load {res['load_before']} -> "
+            f"{res['load_after']}",
+            flush=True,
         )
-        print(f"# uptime before: {uptime()}")
-        # Warm-up (not reported): connections, caches, the first INSERTs of each table.
-        warm = argparse.Namespace(**{**vars(args), "duration": 3.0, "backlog": None})
-        run_step(warm, 0, 20.0, ctx)
-        for step, rate in enumerate(rates, start=1):
-            if args.statements and pg:
-                with psycopg.connect(pg.dsn("bench"), autocommit=True) as conn:
-                    conn.execute("SELECT pg_stat_statements_reset()")
-            res = run_step(args, step, rate, ctx)
-            if args.statements and pg:
-                write_statements(
-                    pg.dsn("bench"), res["accepted"], args.statements / f"{rate:g}-sql.txt"
-                )
-            results.append(res)
-            c = res["cpu_ms_per_update"]
-            print(
-                f"{rate:g}/s: {res['replies']} replies for {res['accepted']} updates "
-                f"({res['door_errors']} not accepted, door P95 {res['door_p95_ms']} ms), "
-                f"{res['replies_per_s']:.0f} replies/s, P50/P95/P99 "
-                f"{1000 * res['p50_s']:.0f}/{1000 * res['p95_s']:.0f}/"
-                f"{1000 * res['p99_s']:.0f} ms, max {1000 * res['max_s']:.0f} ms, "
-                f"lost {res['lost']}, doubled {res['doubled']}, unexpected {res['unexpected']}, "
-                f"replied though the door did not answer 200 in time "
-                f"{res['replied_but_not_answered_200']}, "
-                f"not 200 at stand-in {res['not_200_at_stand_in']}, drain {res['drain_s']:.1f} s; "
-                f"per update: {res['redis_commands_per_update']:.1f} Redis commands, "
-                f"{res['redis_bytes_per_update']:.0f} bytes kept in Redis "
-                f"({', '.join(f'{k} {v}' for k, v in res['redis_bytes_of_one_update'].items())}), "
-                f"{res.get('pg_transactions_per_update', float('nan')):.1f} PG transactions, "
-                f"{res.get('pg_bytes_per_update', float('nan')):.0f} bytes stored in PG; "
-                f"CPU ms/update "
-                + ", ".join(f"{g} {c[g]:.2f}" for g in GROUPS)
-                + f" = {res['cpu_ms_per_update_all']:.2f}; load {res['load_before']} -> "
-                f"{res['load_after']}",
-                flush=True,
-            )
-        print(f"# uptime after: {uptime()}")
-        print()
-        print(table(results))
-        if args.json:
-            args.json.write_text(
-                orjson.dumps(
-                    {"commit": commit, "database": args.database, "results": results},
-                    option=orjson.OPT_INDENT_2,
-                ).decode()
-            )
-    finally:
-        procs.stop_all()
-        if args.keep_logs:
-            args.keep_logs.mkdir(parents=True, exist_ok=True)
-            for log in work.glob("*.log"):
-                shutil.copy(log, args.keep_logs / log.name)
-        redis_server.stop()
-        if pg:
-            pg.stop()
-        shutil.rmtree(work, ignore_errors=True)
+    print(f"# uptime after: {uptime()}")
+    print()
+    print(table(results))
+    if args.json:
+        args.json.write_text(
+            orjson.dumps(
+                {"commit": commit, "database": args.database, "results": results},
+                option=orjson.OPT_INDENT_2,
+            ).decode()
+        )
 
 
 if __name__ == "__main__":

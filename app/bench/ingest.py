@@ -32,18 +32,15 @@ from pathlib import Path
 
 import orjson
 import redis
-from openloop import open_loop
-from servers import (
+from grimbots.lab.servers import (
     GRIMBOTS,
-    Processes,
-    RedisServer,
-    add_bot,
-    app_env,
-    cpu_seconds,
     free_port,
     gunicorn_command,
-    wait_port,
+    port_open,
+    wait_until,
 )
+from openloop import open_loop
+from servers import add_bot, cpu_seconds, running_servers
 
 HERE = Path(__file__).resolve().parent
 SECRET = "bench-secret-0123456789"
@@ -96,15 +93,6 @@ def chat_update(path: str, base_id: int):
 # --- orchestration -------------------------------------------------------------------
 
 
-def wait_replicas(port: int, count: int, timeout: float = 20) -> None:
-    primary = redis.Redis(port=port)
-    deadline = time.monotonic() + timeout
-    while primary.info("replication")["connected_slaves"] < count:
-        if time.monotonic() > deadline:
-            raise SystemExit(f"{count} replica(s) not connected after {timeout}s")
-        time.sleep(0.05)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workers", type=int, default=4)
@@ -122,37 +110,22 @@ def main() -> None:
         raise SystemExit("wrk is not installed (apt-get install wrk)")
 
     work = Path(tempfile.mkdtemp(prefix="grimbots-bench-"))
-    procs = Processes(work)
-    redis_server = RedisServer(work)
-    replicas: list[RedisServer] = []
-    try:
-        redis_server.start()
-        replicas = [
-            RedisServer(work / f"replica-{i}", redis_server.port) for i in range(args.replicas)
-        ]
-        for replica in replicas:
-            replica.workdir.mkdir()
-            replica.start()
-        if args.replicas:
-            wait_replicas(redis_server.port, args.replicas)
+    with running_servers(work, postgres=False, redis_replicas=args.replicas) as servers:
+        procs, redis_server = servers.procs, servers.redis
         web_port = free_port()
-        (work / "prometheus").mkdir()
-        env = app_env(
-            f"sqlite:///{work}/bench.db",
-            redis_server.url,
+        env = servers.env(
             GRIMBOTS_LOG_LEVEL="WARNING",
-            PROMETHEUS_MULTIPROC_DIR=str(work / "prometheus"),
             GRIMBOTS_REDIS_MIN_REPLICA_ACKS=str(args.min_replica_acks),
         )
         subprocess.run([GRIMBOTS, "db", "upgrade"], env=env, check=True, capture_output=True)
         bot = add_bot(env, "bench", "1:bench", SECRET)
-        command = gunicorn_command(web_port, args.workers)
+        command = gunicorn_command(web_port, workers=args.workers)
         if args.worker_class:
             command += ["--worker-class", args.worker_class]
         if args.threads:
             command += ["--threads", str(args.threads)]
         web = procs.spawn("gunicorn", command, env)
-        wait_port(web_port)
+        wait_until(lambda: port_open(web_port), 20, "gunicorn")
         base_url = f"http://127.0.0.1:{web_port}"
         path = f"/webhook/telegram/{bot['id']}"
         r = redis.Redis(port=redis_server.port)
@@ -239,12 +212,6 @@ def main() -> None:
             f"  client 200s {got_200}, server accepted {accepted - before_accepted:.0f}; "
             f"enqueued in Redis {queued} -> {'OK' if queued == got_200 else 'MISMATCH'}"
         )
-    finally:
-        procs.stop_all()
-        for replica in replicas:
-            replica.stop()
-        redis_server.stop()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

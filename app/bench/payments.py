@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -37,20 +36,10 @@ import httpx
 import orjson
 import psycopg
 import redis
+from grimbots.lab.servers import GRIMBOTS, free_port, gunicorn_command, port_open, wait_until
 from rq import Queue
 from rq.job import Job
-from servers import (
-    GRIMBOTS,
-    PostgresCluster,
-    Processes,
-    RedisServer,
-    add_bot,
-    app_env,
-    free_port,
-    gunicorn_command,
-    wait_port,
-    wait_until,
-)
+from servers import add_bot, running_servers
 
 SECRET = "bench-secret-0123456789"
 WEBHOOK_SECRET = "bench-webhook-secret-0123456789"
@@ -95,23 +84,13 @@ def main() -> None:
     parser.add_argument("--webhook-workers", type=int, default=2)
     args = parser.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="grimbots-bench-pay-"))
-    procs = Processes(work)
-    spawn = procs.spawn
-    redis_server = RedisServer(work)
-    pg = PostgresCluster()
     load_before = os.getloadavg()
-
-    try:
+    with running_servers(Path(tempfile.mkdtemp(prefix="grimbots-bench-pay-"))) as servers:
+        spawn, redis_server, pg = servers.procs.spawn, servers.redis, servers.pg
         web_port, tg_port, psp_port = (free_port() for _ in range(3))
-        redis_server.start()
-        database_url = pg.start()
         web_url = f"http://127.0.0.1:{web_port}"
         tg_url, psp_url = f"http://127.0.0.1:{tg_port}", f"http://127.0.0.1:{psp_port}"
-        (work / "prometheus").mkdir()
-        env = app_env(
-            database_url,
-            redis_server.url,
+        env = servers.env(
             GRIMBOTS_LOG_LEVEL="WARNING",
             GRIMBOTS_TELEGRAM_API_URL=tg_url,
             GRIMBOTS_PIX_BASE_URL=psp_url,
@@ -119,7 +98,6 @@ def main() -> None:
             GRIMBOTS_PIX_CLIENT_SECRET="bench-secret",
             GRIMBOTS_PIX_KEY=PIX_KEY,
             GRIMBOTS_PIX_WEBHOOK_SECRET=WEBHOOK_SECRET,
-            PROMETHEUS_MULTIPROC_DIR=str(work / "prometheus"),
         )
         grimbots = GRIMBOTS
         spawn("telegram", [grimbots, "sandbox", "telegram", "--port", str(tg_port)], env)
@@ -166,7 +144,7 @@ def main() -> None:
             "--access-link",
             "https://t.me/+gold",
         )
-        spawn("web", gunicorn_command(web_port, args.web_workers), env)
+        spawn("web", gunicorn_command(web_port, workers=args.web_workers), env)
         fleet = (
             ("tasks", args.tasks_workers),
             ("gateway", args.gateway_workers),
@@ -175,8 +153,8 @@ def main() -> None:
         for queue, count in fleet:
             for i in range(count):
                 spawn(f"worker-{queue}-{i}", [grimbots, "worker", queue], env)
-        for port in (web_port, tg_port, psp_port):
-            wait_port(port)
+        ports = (web_port, tg_port, psp_port)
+        wait_until(lambda: all(map(port_open, ports)), 20, "gunicorn and both stand-ins")
         r = redis.Redis(port=redis_server.port)
         wait_until(lambda: all(r.scard(f"rq:workers:{q}") == n for q, n in fleet), 60, "workers")
         http = httpx.Client(timeout=30)
@@ -302,11 +280,6 @@ def main() -> None:
             f"\n# load average (1 min): before {load_before[0]:.2f}, after phase 1 "
             f"{load_mid[0]:.2f}, after phase 2 {load_after[0]:.2f}"
         )
-    finally:
-        procs.stop_all()
-        redis_server.stop()
-        pg.stop()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -1,55 +1,25 @@
-"""What the benchmarks start and measure: free ports, redis-server, a throwaway PostgreSQL
-15 cluster, logged subprocesses, and CPU time of process trees from /proc.
+"""What the benchmarks start and measure: the servers of one run (grimbots.lab.servers'
+redis-server and throwaway PostgreSQL, the subprocesses), the app's environment and bots,
+and CPU time of process trees from /proc.
 
-Shared by ingest.py, payments.py and e2e.py (scripts, not tests: they print numbers for
-docs/benchmarks.md). Everything listens on 127.0.0.1 only.
+Shared by ingest.py, payments.py, e2e.py and worker_cpu.py (scripts, not tests: they
+print numbers for docs/benchmarks.md). Everything listens on 127.0.0.1 only.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
-import tempfile
-import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
+from grimbots.lab.servers import GRIMBOTS, PostgresCluster, Process, RedisServer, wait_until
 
-BIN = Path(sys.executable).parent
-GRIMBOTS = str(BIN / "grimbots")
-GUNICORN = str(BIN / "gunicorn")
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise SystemExit(f"nothing listening on {port} after {timeout}s")
-
-
-def wait_until(predicate, timeout: float, what: str, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise SystemExit(f"timed out after {timeout}s waiting for {what}")
 
 
 # --- CPU time from /proc ----------------------------------------------------------------
@@ -112,137 +82,89 @@ class Processes:
 
     def __init__(self, logs: Path):
         self.logs = logs
-        self.started: list[subprocess.Popen] = []
+        self.started: list[Process] = []
 
-    def spawn(self, name: str, command: list[str], env: dict[str, str]) -> subprocess.Popen:
-        log = open(self.logs / f"{name}.log", "wb")  # noqa: SIM115 - lives as long as the process
-        proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    def spawn(self, name: str, command: list[str], env: dict[str, str]) -> Process:
+        proc = Process(command, env, self.logs / f"{name}.log")
         self.started.append(proc)
         return proc
 
-    def stop_all(self, sig: signal.Signals = signal.SIGTERM) -> None:
+    def stop_all(self) -> None:
         for proc in reversed(self.started):
-            if proc.poll() is None:
-                proc.send_signal(sig)
-        for proc in self.started:
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+            proc.stop(timeout=15)
         self.started.clear()
 
 
-class RedisServer:
-    """redis-server on a free port, no persistence (a benchmark's queue is throwaway)."""
+@dataclass
+class Servers:
+    """One benchmark run's servers and the subprocesses it spawns, their logs in `work`."""
 
-    def __init__(self, workdir: Path, replica_of: int | None = None):
-        self.port = free_port()
-        self.workdir = workdir
-        self.replica_of = replica_of  # the port of a local primary to follow
-        self.process: subprocess.Popen | None = None
+    work: Path
+    procs: Processes
+    redis: RedisServer
+    replicas: list[RedisServer]  # of `redis`
+    pg: PostgresCluster | None  # None: SQLite in `work`
+    database_url: str
 
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                shutil.which("redis-server") or "/usr/bin/redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.workdir),
-                *(["--replicaof", "127.0.0.1", str(self.replica_of)] if self.replica_of else []),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+    def env(self, **extra: str) -> dict[str, str]:
+        """The app's environment on these servers, Prometheus multiprocess mode on (as in
+        production)."""
+        prometheus = self.work / "prometheus"
+        prometheus.mkdir(exist_ok=True)
+        return app_env(
+            self.database_url,
+            self.redis.url,
+            PROMETHEUS_MULTIPROC_DIR=str(prometheus),
+            **extra,
         )
-        wait_port(self.port)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(10)
 
 
-class PostgresCluster:
-    """A throwaway PostgreSQL 15 cluster (initdb refuses root, so as root it runs as
-    `postgres`). fsync stays on; synchronous_commit=off, as a queue-fed app would run it
-    (a crash loses the last few hundred ms of commits, never consistency)."""
-
-    def __init__(self):
-        self.port = free_port()
-        self.root = Path(tempfile.mkdtemp(prefix="grimbots-bench-pg-"))
-        self.data = self.root / "data"
-        self.as_user: list[str] = []
-        if os.geteuid() == 0:
-            shutil.chown(self.root, user="postgres")
-            self.as_user = ["runuser", "-u", "postgres", "--"]
-
-    def _run(self, *args: str) -> None:
-        subprocess.run([*self.as_user, *args], check=True, capture_output=True, cwd="/")
-
-    def start(self, dbname: str = "bench", options: str = "") -> str:
-        """Start the cluster and create `dbname`; returns its SQLAlchemy URL.
-        `options`: more postgres -c settings."""
-        import psycopg
-
-        self._run(str(PG_BIN / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust")
-        options = (
-            f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root} "
-            f"-c max_connections=200 -c synchronous_commit=off {options}"
+@contextmanager
+def running_servers(
+    work: Path,
+    postgres: bool = True,
+    pg_settings: str = "",
+    redis_replicas: int = 0,
+    keep_logs: Path | None = None,
+) -> Iterator[Servers]:
+    """redis-server (and `redis_replicas` replicas of it, connected) and a throwaway
+    PostgreSQL with a `bench` database (without `postgres`, SQLite in `work`); at the end
+    every spawned process and server stopped, their logs copied to `keep_logs` if given,
+    `work` removed. fsync stays on in PostgreSQL (`pg_settings`: more -c settings)."""
+    procs = Processes(work)
+    redis_server = RedisServer(work)
+    primary = ("--replicaof", "127.0.0.1", str(redis_server.port))
+    replicas = [RedisServer(work / f"replica-{i}", *primary) for i in range(redis_replicas)]
+    pg = PostgresCluster() if postgres else None
+    try:
+        redis_server.start()
+        for replica in replicas:
+            replica.workdir.mkdir()
+            replica.start()
+        info = redis_server.client().info
+        wait_until(
+            lambda: info("replication")["connected_slaves"] >= redis_replicas,
+            20,
+            f"{redis_replicas} replica(s) connected",
         )
-        self._run(
-            str(PG_BIN / "pg_ctl"),
-            "-D",
-            str(self.data),
-            "-o",
-            options,
-            "-l",
-            str(self.root / "log"),
-            "-w",
-            "start",
-        )
-        with psycopg.connect(self.dsn("postgres"), autocommit=True) as conn:
-            conn.execute(f"CREATE DATABASE {dbname}")
-        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{dbname}"
-
-    def dsn(self, dbname: str) -> str:
-        return f"host=127.0.0.1 port={self.port} user=postgres dbname={dbname}"
-
-    @property
-    def pid(self) -> int:
-        """The postmaster (its children are the backends and background workers)."""
-        return int((self.data / "postmaster.pid").read_text().split()[0])
-
-    def stop(self) -> None:
-        subprocess.run(
-            [
-                *self.as_user,
-                str(PG_BIN / "pg_ctl"),
-                "-D",
-                str(self.data),
-                "-m",
-                "immediate",
-                "stop",
-            ],
-            capture_output=True,
-            cwd="/",
-        )
-        shutil.rmtree(self.root, ignore_errors=True)
+        if pg is not None:
+            pg.start(pg_settings)
+            database_url = pg.create_database("bench")
+        else:
+            database_url = f"sqlite:///{work}/bench.db"
+        yield Servers(work, procs, redis_server, replicas, pg, database_url)
+    finally:
+        procs.stop_all()
+        if keep_logs is not None:
+            keep_logs.mkdir(parents=True, exist_ok=True)
+            for log in work.glob("*.log"):
+                shutil.copy(log, keep_logs / log.name)
+        for replica in replicas:
+            replica.stop()
+        redis_server.stop()
+        if pg is not None:
+            pg.stop()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def app_env(database_url: str, redis_url: str, **extra: str) -> dict[str, str]:
@@ -270,15 +192,15 @@ def add_bot(env: dict[str, str], name: str, token: str, secret: str) -> dict:
     return orjson.loads(done.stdout)
 
 
-def gunicorn_command(port: int, workers: int) -> list[str]:
-    """gunicorn with the project's config (grimbots.gunicorn_conf) on 127.0.0.1:port."""
-    return [
-        GUNICORN,
-        "-c",
-        "python:grimbots.gunicorn_conf",
-        "grimbots.wsgi:app",
-        "--bind",
-        f"127.0.0.1:{port}",
-        "--workers",
-        str(workers),
-    ]
+def seed_bots(env: dict[str, str], count: int, prefix: str) -> list[dict]:
+    """`grimbots bots seed`: bots PREFIX-001.. with an offer each, as its JSON lists them,
+    plus each one's `token_id`: bot number k has the token "<900000000 + k>:...", and the
+    Telegram stand-in records that number as bot_id."""
+    done = subprocess.run(
+        [GRIMBOTS, "bots", "seed", "--count", str(count), "--name-prefix", prefix],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    bots = orjson.loads(done.stdout)["bots"]
+    return [{**b, "token_id": 900_000_000 + k} for k, b in enumerate(bots, start=1)]

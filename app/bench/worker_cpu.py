@@ -28,24 +28,15 @@ os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(WORK / "prometheus")  # before prom
 import argparse  # noqa: E402
 import cProfile  # noqa: E402
 import pstats  # noqa: E402
-import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from collections import Counter  # noqa: E402
 
-import orjson  # noqa: E402
 import psycopg  # noqa: E402
 from e2e import Traffic  # noqa: E402
-from servers import (  # noqa: E402
-    GRIMBOTS,
-    PostgresCluster,
-    Processes,
-    RedisServer,
-    app_env,
-    free_port,
-    wait_port,
-)
+from grimbots.lab.servers import GRIMBOTS, free_port, port_open, wait_until  # noqa: E402
+from servers import running_servers, seed_bots  # noqa: E402
 
 # Library of a profiled function, by its file; the first match wins.
 LIBRARIES = (
@@ -102,33 +93,17 @@ def main() -> None:
     parser.add_argument("--cprofile", action="store_true")
     args = parser.parse_args()
 
-    procs = Processes(WORK)
-    redis_server = RedisServer(WORK)
-    pg = PostgresCluster()
-    try:
-        redis_server.start()
+    with running_servers(WORK) as servers:
+        pg = servers.pg
         tg_port = free_port()
-        env = app_env(
-            pg.start(),
-            redis_server.url,
-            GRIMBOTS_LOG_LEVEL="INFO",
-            GRIMBOTS_TELEGRAM_API_URL=f"http://127.0.0.1:{tg_port}",
+        env = servers.env(
+            GRIMBOTS_LOG_LEVEL="INFO", GRIMBOTS_TELEGRAM_API_URL=f"http://127.0.0.1:{tg_port}"
         )
         subprocess.run([GRIMBOTS, "db", "upgrade"], env=env, check=True, capture_output=True)
-        seeded = orjson.loads(
-            subprocess.run(
-                [GRIMBOTS, "bots", "seed", "--count", str(args.bots), "--name-prefix", "cpu"],
-                env=env,
-                check=True,
-                capture_output=True,
-            ).stdout
-        )["bots"]
-        procs.spawn("telegram", [GRIMBOTS, "sandbox", "telegram", "--port", str(tg_port)], env)
-        wait_port(tg_port)
-        bots = [
-            {"id": b["id"], "secret": b["secret"], "token_id": 900_000_000 + k, "path": ""}
-            for k, b in enumerate(seeded, start=1)
-        ]
+        bots = [{**b, "path": ""} for b in seed_bots(env, args.bots, "cpu")]
+        command = [GRIMBOTS, "sandbox", "telegram", "--port", str(tg_port)]
+        servers.procs.spawn("telegram", command, env)
+        wait_until(lambda: port_open(tg_port), 20, "the Telegram stand-in")
         os.environ.update(env)
 
         from grimbots.bot_secrets import BotSecretCache, database_loader
@@ -223,11 +198,6 @@ def main() -> None:
                 file=out,
             )
             stats.dump_stats(str(Path(tempfile.gettempdir()) / "worker_cpu.prof"))
-    finally:
-        procs.stop_all()
-        redis_server.stop()
-        pg.stop()
-        shutil.rmtree(WORK, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -1,88 +1,42 @@
-"""Real servers for the tests: redis-server, PostgreSQL, the Telegram stand-in, and helpers
-to run `grimbots worker` and gunicorn as subprocesses. Nothing is faked."""
+"""Real servers for the tests: redis-server, PostgreSQL (grimbots.lab.servers), both
+stand-ins, and fixtures to run `grimbots worker` and gunicorn as subprocesses. Nothing is
+faked."""
 
 from __future__ import annotations
 
 import os
 import secrets
-import shutil
 import signal
-import subprocess
-import tempfile
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
-import psycopg
 import pytest
 import redis
 from grimbots.lab.sandbox.telegram import start_in_thread
+from grimbots.lab.servers import (
+    GRIMBOTS,
+    PostgresCluster,
+    Process,
+    RedisServer,
+    free_port,
+    gunicorn_command,
+    port_open,
+    wait_until,
+)
 from grimbots.migrate import upgrade
 from grimbots.models import Bot, Offer
 from grimbots.services import Services, init_services
 from grimbots.settings import Settings, load_settings
 from pix_fixtures import PIX_KEY, WEBHOOK_SECRET, start_sandbox
-from support import GRIMBOTS, GUNICORN, Process, free_port, port_open, wait_for
 
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
 ADMIN_TOKEN = "test-admin-token-0123456789-abcdef"
 TEMPLATE_DB = "grimbots_template"
+# The tests' databases are throwaway: nothing is flushed to disk.
+NOT_DURABLE = "-c fsync=off -c full_page_writes=off"
 
 
 # --- Redis -----------------------------------------------------------------------------
-
-
-class RedisServer:
-    """redis-server on a free port; extra_args (e.g. --replicaof) and a password for HA tests."""
-
-    def __init__(self, workdir: Path, *extra_args: str, password: str | None = None):
-        self.port = free_port()
-        self.workdir = workdir
-        self.extra_args = list(extra_args)
-        self.password = password
-        self.process: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, password=self.password, socket_timeout=5)
-
-    def start(self) -> None:
-        auth = ["--requirepass", self.password, "--masterauth", self.password]
-        self.process = subprocess.Popen(
-            [
-                shutil.which("redis-server") or "/usr/bin/redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.workdir),
-                *(auth if self.password else []),
-                *self.extra_args,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_for(lambda: self.client().ping(), timeout=10, message="redis-server")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(10)
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown, no last fsync, sockets reset (a crashed primary)."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
 
 
 @pytest.fixture(scope="session")
@@ -107,90 +61,11 @@ def redis_client(redis_server) -> redis.Redis:
 # --- PostgreSQL ------------------------------------------------------------------------
 
 
-class PostgresCluster:
-    """A throwaway cluster. initdb refuses to run as root, so as root it runs as `postgres`."""
-
-    def __init__(self):
-        self.port = free_port()
-        self.root = Path(tempfile.mkdtemp(prefix="grimbots-pg-"))
-        self.data = self.root / "data"
-        self.as_user: list[str] = []
-        if os.geteuid() == 0:
-            shutil.chown(self.root, user="postgres")
-            self.as_user = ["runuser", "-u", "postgres", "--"]
-
-    def _run(self, *args: str) -> None:
-        subprocess.run([*self.as_user, *args], check=True, capture_output=True, cwd="/")
-
-    def start(self) -> None:
-        self._run(
-            str(PG_BIN / "initdb"),
-            "-D",
-            str(self.data),
-            "-U",
-            "postgres",
-            "--auth=trust",
-            "--no-sync",
-            "-E",
-            "UTF8",
-        )
-        options = (
-            f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root} "
-            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
-            "-c max_connections=200"
-        )
-        self._run(
-            str(PG_BIN / "pg_ctl"),
-            "-D",
-            str(self.data),
-            "-o",
-            options,
-            "-l",
-            str(self.root / "postgres.log"),
-            "-w",
-            "start",
-        )
-
-    def stop(self) -> None:
-        subprocess.run(
-            [
-                *self.as_user,
-                str(PG_BIN / "pg_ctl"),
-                "-D",
-                str(self.data),
-                "-m",
-                "immediate",
-                "stop",
-            ],
-            capture_output=True,
-            cwd="/",
-        )
-        shutil.rmtree(self.root, ignore_errors=True)
-
-    def url(self, dbname: str) -> str:
-        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{dbname}"
-
-    def admin(self) -> psycopg.Connection:
-        return psycopg.connect(
-            f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres", autocommit=True
-        )
-
-    def create_database(self, name: str, template: str | None = None) -> str:
-        with self.admin() as conn:
-            suffix = f" TEMPLATE {template}" if template else ""
-            conn.execute(f"CREATE DATABASE {name}{suffix}")
-        return self.url(name)
-
-    def drop_database(self, name: str) -> None:
-        with self.admin() as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-
-
 @pytest.fixture(scope="session")
 def postgres():
     cluster = PostgresCluster()
     try:
-        cluster.start()
+        cluster.start(NOT_DURABLE)
         # Migrate once into a template; each test gets a copy (CREATE DATABASE ... TEMPLATE).
         upgrade(cluster.create_database(TEMPLATE_DB))
         yield cluster
@@ -373,13 +248,13 @@ def start_worker(env, tmp_path, redis_client):
         proc = Process([GRIMBOTS, "worker", *queues], {**env, **(extra_env or {})}, log)
         started.append(proc)
         # RQ registers the worker (SADD rq:workers:<queue>) once it is ready to dequeue.
-        wait_for(
+        wait_until(
             lambda: any(
                 f".{proc.pid}." in m.decode()
                 for m in redis_client.smembers(f"rq:workers:{queues[0]}")
             ),
             timeout=20,
-            message=f"worker {proc.pid} registration; log: {log}",
+            what=f"worker {proc.pid} registration; log: {log}",
         )
         return proc
 
@@ -396,23 +271,14 @@ def start_web(env, tmp_path):
     def start(workers: int = 3, extra_env: dict[str, str] | None = None) -> str:
         port = free_port()
         proc = Process(
-            [
-                GUNICORN,
-                "-c",
-                "python:grimbots.gunicorn_conf",
-                "grimbots.wsgi:app",
-                "--bind",
-                f"127.0.0.1:{port}",
-                "--workers",
-                str(workers),
-            ],
+            gunicorn_command(port, workers=workers),
             {**env, **(extra_env or {})},
             tmp_path / f"gunicorn-{port}.log",
             # Quick shutdown: a graceful one waits for the stand-ins' keep-alive connections.
             stop_signal=signal.SIGINT,
         )
         started.append(proc)
-        wait_for(lambda: port_open(port), timeout=20, message="gunicorn listening")
+        wait_until(lambda: port_open(port), timeout=20, what="gunicorn listening")
         return f"http://127.0.0.1:{port}"
 
     yield start

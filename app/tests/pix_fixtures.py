@@ -7,8 +7,6 @@ conftest stays untouched.
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -21,18 +19,6 @@ WEBHOOK_SECRET = "test-webhook-secret-0123456789"
 # One client for the tests' own control calls (a new client per call costs a TLS set-up),
 # without keep-alive: servers come and go between tests.
 HTTP = httpx.Client(timeout=10, limits=httpx.Limits(max_keepalive_connections=0))
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:
-    """Poll `predicate` until it returns something truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.01)
 
 
 def start_sandbox(**config: Any) -> PixSandboxServer:

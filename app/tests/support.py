@@ -1,22 +1,9 @@
-"""Helpers for tests that drive real servers: free ports, waiting on conditions, processes."""
+"""Helpers for the tests: counting rows, posting updates, the updates Telegram sends. The
+servers, processes and waiting are grimbots.lab.servers'."""
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any
-
 import httpx
-
-VENV_BIN = Path(sys.executable).parent
-GRIMBOTS = str(VENV_BIN / "grimbots")
-GUNICORN = str(VENV_BIN / "gunicorn")
 
 
 def count(services, model, **filters) -> int:
@@ -28,80 +15,6 @@ def count(services, model, **filters) -> int:
         query = query.where(getattr(model, name) == value)
     with services.db.session() as session:
         return session.scalar(query)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(
-    condition: Callable[[], Any],
-    timeout: float = 15.0,
-    interval: float = 0.05,
-    message: str = "condition",
-) -> Any:
-    """Poll until condition() is truthy; return its value or fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    last_error: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = condition()
-            if value:
-                return value
-        except Exception as exc:  # servers still starting: keep polling
-            last_error = exc
-        time.sleep(interval)
-    raise AssertionError(
-        f"timed out after {timeout}s waiting for {message} (last error: {last_error!r})"
-    )
-
-
-def port_open(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.2)
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-class Process:
-    """A subprocess with its output in a file, stopped at teardown."""
-
-    def __init__(
-        self,
-        args: list[str],
-        env: dict[str, str],
-        log_path: Path,
-        stop_signal: signal.Signals = signal.SIGTERM,
-    ):
-        self.log_path = log_path
-        self.stop_signal = stop_signal
-        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.popen = subprocess.Popen(
-            args, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def kill(self) -> None:
-        """SIGKILL the whole process group (the worker and its scheduler child)."""
-        if self.popen.poll() is None:
-            os.killpg(self.popen.pid, signal.SIGKILL)
-            self.popen.wait(10)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        if self.popen.poll() is None:
-            os.killpg(self.popen.pid, self.stop_signal)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self._log.close()
 
 
 def post_update(

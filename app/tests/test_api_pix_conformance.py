@@ -11,8 +11,9 @@ import api_pix_spec as spec
 import httpx
 import orjson
 import pytest
+from grimbots.lab.servers import wait_until
 from grimbots.pix import txid_for
-from pix_fixtures import HTTP, PIX_KEY, Receiver, adapter_for, start_sandbox, wait_until
+from pix_fixtures import HTTP, PIX_KEY, Receiver, adapter_for, start_sandbox
 
 
 @pytest.fixture

@@ -9,11 +9,12 @@ import subprocess
 import httpx
 import orjson
 from conftest import without_psp
+from grimbots.lab.servers import GRIMBOTS, Process, free_port, port_open, wait_until
 from grimbots.models import OutboxMessage, Payment
 from grimbots.queues import ALL_QUEUES
 from payment_support import PIX_PATH, sent_texts
 from sqlalchemy import delete, select
-from support import GRIMBOTS, buy_callback, post_update, start_message, wait_for
+from support import buy_callback, post_update, start_message
 
 
 def grimbots(env, *args) -> subprocess.CompletedProcess:
@@ -34,11 +35,11 @@ def test_audit_passes_on_a_real_flow_and_catches_a_duplicate_delivery(
         sent.append(
             {"bot": bot.id, "update_id": update_id, "chat": user, "kind": kind, "status": status}
         )
-    wait_for(lambda: sent_texts(telegram, user, "PIX for"), message="PIX code")
+    wait_until(lambda: sent_texts(telegram, user, "PIX for"), what="PIX code")
     with services.db.session() as session:
         payment = session.scalar(select(Payment))
     psp.pay(txid=payment.txid, times=3, notify_url=base_url + PIX_PATH, wait=True)
-    wait_for(lambda: sent_texts(telegram, user, "access="), message="delivery")
+    wait_until(lambda: sent_texts(telegram, user, "access="), what="delivery")
     sent_file = tmp_path / "sent.jsonl"
     sent_file.write_bytes(b"\n".join(orjson.dumps(s) for s in sent) + b"\n")
 
@@ -144,8 +145,6 @@ def test_maintenance_command_sweeps_once_per_period_without_a_psp(env, redis_cli
 
 
 def test_sandbox_pix_command_serves_api_pix(env):
-    from support import Process, free_port, port_open
-
     port = free_port()
     proc = Process(
         [GRIMBOTS, "sandbox", "pix", "--port", str(port), "--client-id", "me"],
@@ -153,7 +152,7 @@ def test_sandbox_pix_command_serves_api_pix(env):
         __import__("pathlib").Path(f"/tmp/pix-sandbox-{port}.log"),
     )
     try:
-        wait_for(lambda: port_open(port), message="pix sandbox")
+        wait_until(lambda: port_open(port), what="pix sandbox")
         token = httpx.post(
             f"http://127.0.0.1:{port}/oauth/token",
             data={"grant_type": "client_credentials"},

@@ -13,13 +13,14 @@ import time
 import orjson
 import pytest
 from grimbots.jobs.maintenance import sweep_abandoned
+from grimbots.lab.servers import wait_until
 from grimbots.models import InboundUpdate, OutboxMessage
 from grimbots.queues import JOB_TIMEOUT_SECONDS, TASKS, UPDATE_RETRY, get_queue, update_job_id
 from grimbots.worker import BatchWorker
 from rq import Queue, SimpleWorker
 from rq.job import Job, JobStatus
 from rq.results import Result
-from support import count, start_message, wait_for
+from support import count, start_message
 
 PROCESS_UPDATE = "grimbots.jobs.updates.process_update"
 # Fields whose values differ between any two runs (times, names), not in their presence.
@@ -124,9 +125,9 @@ def test_worker_killed_mid_batch_leaves_every_job_for_the_sweep(
     telegram.faults(slow={"delay": 3, "count": 3})
     jobs = [enqueue(20 + i, user_id=920 + i) for i in range(3)]
     worker = start_worker(TASKS)
-    wait_for(
+    wait_until(
         lambda: all(telegram.calls("sendMessage", chat_id=920 + i) for i in range(3)),
-        message="three calls in flight at once",
+        what="three calls in flight at once",
     )
     worker.kill()
     for job_id in jobs:
@@ -135,13 +136,13 @@ def test_worker_killed_mid_batch_leaves_every_job_for_the_sweep(
     now = time.time() + JOB_TIMEOUT_SECONDS + 61  # as the reconcile does once they expire
     assert sweep_abandoned(services.redis.raw, now=now) == 3
     start_worker(TASKS)
-    wait_for(
+    wait_until(
         lambda: all(
             Job.fetch(j, connection=services.redis.raw).get_status() in ("finished", "failed")
             for j in jobs
         ),
         timeout=30,
-        message="re-runs finished",
+        what="re-runs finished",
     )
     time.sleep(0.5)
     assert [len(telegram.calls("sendMessage", chat_id=920 + i)) for i in range(3)] == [1, 1, 1]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 
 import orjson
-from support import GRIMBOTS
+from grimbots.lab.servers import GRIMBOTS
 
 
 def grimbots(env, *args, stdin: str | None = None) -> subprocess.CompletedProcess:

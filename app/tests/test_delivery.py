@@ -7,12 +7,13 @@ import time
 import orjson
 import pytest
 from grimbots.jobs.maintenance import sweep_abandoned
+from grimbots.lab.servers import wait_until
 from grimbots.models import Lead, OutboxMessage
 from grimbots.queues import JOB_TIMEOUT_SECONDS, TASKS, UPDATE_RETRY, update_job_id
 from rq import Queue
 from rq.job import Job
 from sqlalchemy import select
-from support import start_message, wait_for
+from support import start_message
 
 
 @pytest.fixture
@@ -43,7 +44,7 @@ def test_429_waits_retry_after_then_sends_once(enqueue_update, telegram, start_w
     telegram.faults(status_429={"count": 1, "retry_after": 1})
     start_worker(TASKS)
     job_id = enqueue_update(1, user_id=801)
-    wait_for(lambda: finished(services, job_id), message="job done")
+    wait_until(lambda: finished(services, job_id), what="job done")
     calls = telegram.calls("sendMessage", chat_id=801)
     assert [c["status"] for c in calls] == [429, 200]
     assert calls[1]["time"] - calls[0]["time"] >= 1.0  # honoured retry_after
@@ -55,7 +56,7 @@ def test_403_marks_lead_blocked_without_retrying(enqueue_update, telegram, start
     telegram.faults(blocked_chat_ids=[802])
     start_worker(TASKS)
     job_id = enqueue_update(2, user_id=802)
-    wait_for(lambda: finished(services, job_id), message="job done")
+    wait_until(lambda: finished(services, job_id), what="job done")
     time.sleep(0.5)  # a retry loop would show up as more calls; none may come
     assert [c["status"] for c in telegram.calls("sendMessage", chat_id=802)] == [403]
     row = outbox_row(services, 802)
@@ -68,7 +69,7 @@ def test_500_is_retried_and_sent_once(enqueue_update, telegram, start_worker, se
     telegram.faults(status_500={"count": 2})
     start_worker(TASKS)
     job_id = enqueue_update(3, user_id=803)
-    wait_for(lambda: finished(services, job_id), message="job done")
+    wait_until(lambda: finished(services, job_id), what="job done")
     statuses = [c["status"] for c in telegram.calls("sendMessage", chat_id=803)]
     assert statuses == [500, 500, 200]
     assert outbox_row(services, 803).status == "sent"
@@ -79,7 +80,7 @@ def test_read_timeout_is_not_resent(enqueue_update, telegram, start_worker, serv
     telegram.faults(slow={"delay": 3, "count": 1})
     start_worker(TASKS, extra_env={"GRIMBOTS_TELEGRAM_READ_TIMEOUT_SECONDS": "1"})
     job_id = enqueue_update(4, user_id=804)
-    wait_for(lambda: finished(services, job_id), message="job done")
+    wait_until(lambda: finished(services, job_id), what="job done")
     row = outbox_row(services, 804)
     assert row.status == "failed" and "unknown" in row.error
     time.sleep(0.5)
@@ -93,7 +94,7 @@ def test_worker_killed_mid_send_then_rerun_sends_once(
     worker = start_worker(TASKS)
     job_id = enqueue_update(5, user_id=805)
     # The call has reached Telegram (recorded on arrival) and the worker is waiting on it.
-    wait_for(lambda: telegram.calls("sendMessage", chat_id=805), message="call in flight")
+    wait_until(lambda: telegram.calls("sendMessage", chat_id=805), what="call in flight")
     worker.kill()
     assert outbox_row(services, 805).status == "sending"
 
@@ -101,9 +102,9 @@ def test_worker_killed_mid_send_then_rerun_sends_once(
     queue = Queue(TASKS, connection=services.redis.raw)
     queue.enqueue_job(Job.fetch(job_id, connection=services.redis.raw))
     start_worker(TASKS)
-    wait_for(
+    wait_until(
         lambda: Job.fetch(job_id, connection=services.redis.raw).get_status() == "finished",
-        message="re-run finished",
+        what="re-run finished",
     )
     time.sleep(0.5)
     assert len(telegram.calls("sendMessage", chat_id=805)) == 1
@@ -118,7 +119,7 @@ def test_update_abandoned_by_a_killed_worker_is_run_again(
     worker = start_worker(TASKS)
     assert webhook(start_message(6, user_id=806)) == 200
     job_id = update_job_id(bot.id, 6)
-    wait_for(lambda: telegram.calls("sendMessage", chat_id=806), message="call in flight")
+    wait_until(lambda: telegram.calls("sendMessage", chat_id=806), what="call in flight")
     worker.kill()
     job = Job.fetch(job_id, connection=services.redis.raw)
     assert job.get_status() == "started" and job.retries_left == UPDATE_RETRY.max
@@ -128,7 +129,7 @@ def test_update_abandoned_by_a_killed_worker_is_run_again(
     job = Job.fetch(job_id, connection=services.redis.raw)
     assert job.retries_left == UPDATE_RETRY.max - 1
     start_worker(TASKS)
-    wait_for(lambda: finished(services, job_id), timeout=30, message="re-run finished")
+    wait_until(lambda: finished(services, job_id), timeout=30, what="re-run finished")
     assert job.get_status() == "finished"
     # The reply's outcome was unknown (killed mid-call), so the re-run did not send again.
     assert len(telegram.calls("sendMessage", chat_id=806)) == 1

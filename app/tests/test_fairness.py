@@ -9,9 +9,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+from grimbots.lab.servers import wait_until
 from grimbots.models import Bot
 from grimbots.queues import TASKS
-from support import post_update, start_message, wait_for
+from support import post_update, start_message
 
 LIMIT = 20  # updates per bot and second, for this test
 FLOOD = 600
@@ -65,8 +66,8 @@ def test_a_flooding_bot_does_not_delay_another_bots_replies(
             post_update(base_url, quiet_id, quiet_secret, start_message(n + 1, user)).status_code
             == 200
         )
-        wait_for(
-            lambda u=user: telegram.calls("sendMessage", chat_id=u), timeout=30, message="reply"
+        wait_until(
+            lambda u=user: telegram.calls("sendMessage", chat_id=u), timeout=30, what="reply"
         )
         latencies.append(time.monotonic() - sent)
     flooder.join(60)

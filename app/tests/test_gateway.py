@@ -17,6 +17,7 @@ from grimbots.jobs.gateway import (
 )
 from grimbots.jobs.messages import retry_job_id, send_outbox_message
 from grimbots.jobs.webhook import settle
+from grimbots.lab.servers import wait_until
 from grimbots.models import Delivery, Lead, OutboxMessage, Payment, PaymentEvent
 from grimbots.pix import PixPayment
 from grimbots.queues import GATEWAY, TASKS, get_queue
@@ -34,7 +35,7 @@ from payment_support import (
 from rq import Queue
 from rq.job import Job
 from sqlalchemy import select, update
-from support import count, wait_for
+from support import count
 from werkzeug.test import Client
 
 
@@ -197,7 +198,7 @@ def test_charge_job_run_again_after_its_charge_was_paid_opens_no_second_charge(
     telegram.faults(slow={"delay": 3, "count": 1})
     worker = start_worker(GATEWAY)
     enqueue_charge(services, bot.id, lead_id, bot.offer_id, 1)
-    wait_for(lambda: telegram.calls("sendMessage", chat_id=712), message="code in flight")
+    wait_until(lambda: telegram.calls("sendMessage", chat_id=712), what="code in flight")
     worker.kill()
     (payment,) = payments_of(services, lead_id)
     assert settle(services, paid_by_callback(services, psp, payment.txid)) == "confirmed"
@@ -208,9 +209,9 @@ def test_charge_job_run_again_after_its_charge_was_paid_opens_no_second_charge(
         Job.fetch(job_id, connection=services.redis.raw)
     )
     start_worker(GATEWAY)
-    wait_for(
+    wait_until(
         lambda: Job.fetch(job_id, connection=services.redis.raw).get_status() == "finished",
-        message="re-run finished",
+        what="re-run finished",
     )
     assert [p.id for p in payments_of(services, lead_id)] == [payment.id]
     assert len(psp.charges()) == 1
@@ -244,12 +245,12 @@ def test_maintenance_sends_orphaned_rows_once_but_no_code_of_a_paid_charge(
 
     start_worker(TASKS)
     assert maintenance.sweep(services)["orphaned messages"] == 2
-    wait_for(
+    wait_until(
         lambda: (
             outbox.status_of(services.db, rows[paid.lead_id]) == "failed"
             and outbox.status_of(services.db, rows[waiting.lead_id]) == "sent"
         ),
-        message="orphans handled",
+        what="orphans handled",
     )
     assert maintenance.sweep(services)["orphaned messages"] == 0
     assert len(sent_texts(telegram, 713, "PIX for")) == 1

@@ -7,10 +7,10 @@ import time
 
 import orjson
 import pytest
+from grimbots.lab.servers import GRIMBOTS, free_port
 from grimbots.queues import ALL_QUEUES
 from grimbots.settings import load_settings
 from grimbots.web import create_wsgi_app
-from support import GRIMBOTS, free_port
 from werkzeug.test import Client
 
 

@@ -8,11 +8,12 @@ import socket
 
 import orjson
 import pytest
+from grimbots.lab.servers import free_port
 from grimbots.models import PaymentEvent
 from grimbots.settings import load_settings
 from grimbots.web import create_wsgi_app
 from payment_support import PIX_PATH, callback_body, pending_payment, signed
-from support import count, free_port, start_message
+from support import count, start_message
 from werkzeug.test import Client
 
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"

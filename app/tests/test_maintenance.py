@@ -6,13 +6,14 @@ import time
 
 import orjson
 from grimbots.jobs import maintenance
+from grimbots.lab.servers import wait_until
 from grimbots.models import InboundUpdate
 from grimbots.queues import TASKS, update_job_id
 from grimbots.settings import load_settings
 from grimbots.web import create_wsgi_app
 from rq.job import Job
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry
-from support import count, start_message, wait_for
+from support import count, start_message
 from werkzeug.test import Client
 
 
@@ -55,7 +56,7 @@ def test_update_failing_past_its_retries_is_processed_once_when_the_database_is_
             raw.zadd(scheduled.key, {job_id: 0})
         return job_id in failed
 
-    wait_for(failed_for_good, timeout=60, message="the job to use up its retries")
+    wait_until(failed_for_good, timeout=60, what="the job to use up its retries")
     assert Job.fetch(job_id, connection=raw).retries_left == 0
     assert telegram.calls("sendMessage", chat_id=990) == []
 
@@ -64,16 +65,16 @@ def test_update_failing_past_its_retries_is_processed_once_when_the_database_is_
     set_connections(postgres, database_url, allowed=True)
     report = health(env | {"GRIMBOTS_HEALTH_FAILED_JOB_SECONDS": "1"})
     assert report["checks"]["failed_jobs"][TASKS]["count"] == 1
-    wait_for(
+    wait_until(
         lambda: health(env | {"GRIMBOTS_HEALTH_FAILED_JOB_SECONDS": "1"})["status"] == "degraded",
-        message="health degraded by the failed job",
+        what="health degraded by the failed job",
     )
     assert maintenance.sweep(services)["failed jobs requeued"] == 0  # not a minute old yet
     assert maintenance.sweep(services, now=time.time() + 61)["failed jobs requeued"] == 1
-    wait_for(
+    wait_until(
         lambda: Job.fetch(job_id, connection=raw).get_status() == "finished",
         timeout=30,
-        message="the re-queued job to finish",
+        what="the re-queued job to finish",
     )
     assert len(telegram.calls("sendMessage", chat_id=990)) == 1
     assert count(services, InboundUpdate, bot_id=bot.id, update_id=900) == 1
@@ -94,8 +95,8 @@ def test_a_job_failing_again_waits_twice_as_long(bot, services, start_worker, re
     queue.enqueue("grimbots.jobs.no_such_job", job_id="broken-1")  # fails on every run
     start_worker(TASKS)
     failed = FailedJobRegistry(TASKS, connection=services.redis.raw)
-    wait_for(lambda: "broken-1" in failed, message="first failure")
+    wait_until(lambda: "broken-1" in failed, what="first failure")
     assert maintenance.requeue_failed(services.redis.raw, now=time.time() + 61) == {TASKS: 1}
-    wait_for(lambda: "broken-1" in failed, message="second failure")
+    wait_until(lambda: "broken-1" in failed, what="second failure")
     assert maintenance.requeue_failed(services.redis.raw, now=time.time() + 61) == {}
     assert maintenance.requeue_failed(services.redis.raw, now=time.time() + 121) == {TASKS: 1}

@@ -5,8 +5,9 @@ from __future__ import annotations
 import re
 
 import httpx
+from grimbots.lab.servers import wait_until
 from grimbots.queues import TASKS
-from support import post_update, start_message, wait_for
+from support import post_update, start_message
 
 
 def sample(text: str, name: str, **labels: str) -> float:
@@ -49,14 +50,14 @@ def test_metrics_aggregate_across_gunicorn_and_rq_workers(
     def metrics() -> str:
         return httpx.get(f"{base_url}/metrics", timeout=10).text
 
-    text = wait_for(
+    text = wait_until(
         lambda: (
             (t := metrics())
             and sample(t, "grimbots_jobs_total", queue=TASKS, outcome="ok") >= posts
             and t
         ),
         timeout=30,
-        message="jobs counted",
+        what="jobs counted",
     )
     assert sample(text, "grimbots_telegram_updates_total", outcome="accepted") == posts
     assert sample(text, "grimbots_telegram_updates_total", outcome="duplicate") == 1

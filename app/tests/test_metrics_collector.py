@@ -6,11 +6,11 @@ import time
 from datetime import timedelta
 
 from grimbots import outbox
+from grimbots.lab.servers import free_port
 from grimbots.queues import ALL_QUEUES, GATEWAY, TASKS, get_queue
 from grimbots.settings import load_settings
 from grimbots.web import create_wsgi_app
 from payment_support import make_lead, pending_payment
-from support import free_port
 from test_metrics import sample
 from werkzeug.test import Client
 

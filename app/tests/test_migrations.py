@@ -9,11 +9,11 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from grimbots.db import make_engine
+from grimbots.lab.servers import GRIMBOTS
 from grimbots.migrate import current_revision, head_revision, upgrade
 from grimbots.models import Base, Bot, Delivery, Lead, Offer, OutboxMessage, Payment, PaymentEvent
 from sqlalchemy import insert, inspect, update
 from sqlalchemy.exc import IntegrityError
-from support import GRIMBOTS
 
 EXPECTED_TABLES = {
     "bots",

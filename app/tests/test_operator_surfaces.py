@@ -5,29 +5,18 @@ from __future__ import annotations
 
 import httpx
 from conftest import ADMIN_TOKEN
-from support import GUNICORN, Process, free_port, port_open, wait_for
+from grimbots.lab.servers import Process, free_port, gunicorn_command, port_open, wait_until
 
 
 def test_operator_paths_answer_only_on_the_operator_port(env, tmp_path, bot):
     public, ops = free_port(), free_port()
     proc = Process(
-        [
-            GUNICORN,
-            "-c",
-            "python:grimbots.gunicorn_conf",
-            "grimbots.wsgi:app",
-            "--bind",
-            f"127.0.0.1:{public}",
-            "--bind",
-            f"127.0.0.1:{ops}",
-            "--workers",
-            "1",
-        ],
+        gunicorn_command(public, ops, workers=1),
         env | {"GRIMBOTS_OPS_PORT": str(ops)},
         tmp_path / "gunicorn.log",
     )
     try:
-        wait_for(lambda: port_open(public) and port_open(ops), timeout=20, message="gunicorn")
+        wait_until(lambda: port_open(public) and port_open(ops), timeout=20, what="gunicorn")
         auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
         for path in ("/metrics", "/admin/bots", "/admin/", "/metricsx"):
             # Even a Host header naming the operator port changes nothing.

@@ -11,13 +11,14 @@ import pytest
 from grimbots import metrics
 from grimbots.jobs.gateway import reconcile_one
 from grimbots.jobs.webhook import event_job_id
+from grimbots.lab.servers import wait_until
 from grimbots.models import Delivery, OutboxMessage, Payment, PaymentEvent
 from grimbots.queues import GATEWAY, TASKS, WEBHOOK
 from payment_support import PIX_PATH, sent_texts
 from rq import Queue
 from rq.job import Job
 from sqlalchemy import select
-from support import buy_callback, count, post_update, wait_for
+from support import buy_callback, count, post_update
 
 
 @pytest.fixture
@@ -38,7 +39,7 @@ def buy(base_url, bot, update_id: int, user_id: int) -> int:
 
 
 def charged(services, telegram, user_id: int) -> Payment:
-    wait_for(lambda: sent_texts(telegram, user_id, "PIX for"), message="PIX code message")
+    wait_until(lambda: sent_texts(telegram, user_id, "PIX for"), what="PIX code message")
     with services.db.session() as session:
         return session.scalar(select(Payment).where(Payment.pix_copy_paste.is_not(None)))
 
@@ -78,15 +79,15 @@ def test_fifty_callbacks_and_reconciliation_pay_once_and_deliver_once(
     for thread in threads:
         thread.join(30)
 
-    wait_for(lambda: len(psp.notifications()) == 50, timeout=30, message="50 callbacks")
+    wait_until(lambda: len(psp.notifications()) == 50, timeout=30, what="50 callbacks")
     assert {n["status"] for n in psp.notifications()} == {200}
-    wait_for(lambda: sent_texts(telegram, 9001, "access="), message="delivery message")
-    wait_for(
+    wait_until(lambda: sent_texts(telegram, 9001, "access="), what="delivery message")
+    wait_until(
         lambda: (
             Queue(WEBHOOK, connection=services.redis.raw).count == 0
             and count(services, PaymentEvent, outcome=None) == 0
         ),
-        message="events processed",
+        what="events processed",
     )
     assert len(sent_texts(telegram, 9001, "access=")) == 1
     assert len(sent_texts(telegram, 9001, "PIX for")) == 1
@@ -117,7 +118,7 @@ def test_double_tapped_buy_makes_one_charge_and_one_code(
     with ThreadPoolExecutor(max_workers=10) as pool:
         assert list(pool.map(tap, range(10, 20))) == [200] * 10
     gateway = Queue(GATEWAY, connection=services.redis.raw)
-    wait_for(lambda: len(gateway.finished_job_registry) == 10, timeout=30, message="10 charge jobs")
+    wait_until(lambda: len(gateway.finished_job_registry) == 10, timeout=30, what="10 charge jobs")
     assert len(psp.charges()) == 1
     assert count(services, Payment) == 1
     assert len(sent_texts(telegram, 9002, "PIX for")) == 1
@@ -135,7 +136,7 @@ def test_worker_killed_between_paid_and_delivered_delivers_once(
     telegram.faults(slow={"delay": 3, "count": 1})
     worker = start_worker(WEBHOOK, extra_env=extra)
     psp.pay(txid=payment.txid, notify_url=base_url + PIX_PATH, wait=True)
-    wait_for(lambda: sent_texts(telegram, 9003, "access="), message="delivery in flight")
+    wait_until(lambda: sent_texts(telegram, 9003, "access="), what="delivery in flight")
     worker.kill()
     with services.db.session() as session:
         assert session.get(Payment, payment.id).status == "paid"
@@ -146,9 +147,9 @@ def test_worker_killed_between_paid_and_delivered_delivers_once(
     job_id = event_job_id("apipix", event_key)
     queue.enqueue_job(Job.fetch(job_id, connection=services.redis.raw))
     start_worker(WEBHOOK, extra_env=extra)
-    wait_for(
+    wait_until(
         lambda: Job.fetch(job_id, connection=services.redis.raw).get_status() == "finished",
-        message="re-run finished",
+        what="re-run finished",
     )
     assert len(sent_texts(telegram, 9003, "access=")) == 1
     assert count(services, Delivery) == 1
@@ -175,10 +176,10 @@ def test_crash_after_commit_before_send_is_resumed_once(
     assert count(services, OutboxMessage, kind="delivery", status="pending") == 1
     start_worker(WEBHOOK, extra_env=extra)  # now runs the queued job for the event
     job_id = event_job_id("apipix", event_key)
-    wait_for(
+    wait_until(
         lambda: Job.fetch(job_id, connection=services.redis.raw).get_status() == "finished",
-        message="job finished",
+        what="job finished",
     )
-    wait_for(lambda: sent_texts(telegram, 9004, "access="), message="delivery")
+    wait_until(lambda: sent_texts(telegram, 9004, "access="), what="delivery")
     assert len(sent_texts(telegram, 9004, "access=")) == 1
     assert count(services, OutboxMessage, kind="delivery", status="sent") == 1

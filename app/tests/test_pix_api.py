@@ -8,9 +8,10 @@ import uuid
 
 import httpx
 import pytest
+from grimbots.lab.servers import wait_until
 from grimbots.pix import CONCLUIDA, REMOVIDA_PELO_PSP, ApiPixAdapter, PixSettings, txid_for
 from grimbots.pix.brcode import has_valid_crc, parse_tlv
-from pix_fixtures import HTTP, PIX_KEY, Receiver, adapter_for, start_sandbox, wait_until
+from pix_fixtures import HTTP, PIX_KEY, Receiver, adapter_for, start_sandbox
 
 
 @pytest.fixture

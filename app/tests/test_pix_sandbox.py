@@ -9,8 +9,9 @@ import uuid
 
 import orjson
 import pytest
+from grimbots.lab.servers import wait_until
 from grimbots.pix import NotificationMalformed, NotificationUnauthorized, txid_for
-from pix_fixtures import HTTP, PIX_KEY, Receiver, adapter_for, start_sandbox, wait_until
+from pix_fixtures import HTTP, PIX_KEY, Receiver, adapter_for, start_sandbox
 
 
 @pytest.fixture

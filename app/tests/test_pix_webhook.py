@@ -7,6 +7,7 @@ import io
 import pytest
 from grimbots import metrics
 from grimbots.jobs.webhook import settle
+from grimbots.lab.servers import free_port
 from grimbots.models import Delivery, OutboxMessage, Payment, PaymentEvent
 from grimbots.queues import WEBHOOK
 from grimbots.settings import load_settings
@@ -14,7 +15,7 @@ from grimbots.web import create_wsgi_app
 from payment_support import PIX_PATH, callback_body, pending_payment, signed
 from rq import Queue
 from sqlalchemy import select
-from support import count, free_port
+from support import count
 from werkzeug.test import Client
 
 

@@ -24,13 +24,13 @@ from pathlib import Path
 import orjson
 import pytest
 import redis
-from conftest import RedisServer
+from grimbots.lab.servers import GRIMBOTS, Process, RedisServer, free_port, wait_until
 from grimbots.models import InboundUpdate
 from grimbots.queues import TASKS, update_job_id
 from grimbots.settings import load_settings
 from grimbots.web import create_wsgi_app
 from sqlalchemy import select
-from support import GRIMBOTS, Process, free_port, start_message, wait_for
+from support import start_message
 from werkzeug.test import Client
 
 PASSWORD = "ha-test-redis-password-0123"
@@ -69,7 +69,7 @@ class SentinelServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        wait_for(lambda: self.client().ping(), timeout=10, message="redis-sentinel")
+        wait_until(lambda: self.client().ping(), timeout=10, what="redis-sentinel")
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -107,8 +107,8 @@ class Cluster:
         self.replica.start()
         for sentinel in self.sentinels:
             sentinel.start()
-        wait_for(
-            self._sentinels_ready, timeout=30, message="Sentinels to see the replica and each other"
+        wait_until(
+            self._sentinels_ready, timeout=30, what="Sentinels to see the replica and each other"
         )
 
     def _sentinels_ready(self) -> bool:
@@ -180,9 +180,9 @@ def replicated(tmp_path):
         tmp_path / "b", "--replicaof", "127.0.0.1", str(primary.port), password=PASSWORD
     )
     replica.start()
-    wait_for(
+    wait_until(
         lambda: replica.client().info("replication")["master_link_status"] == "up",
-        message="replica link up",
+        what="replica link up",
     )
     yield primary, replica
     replica.stop()
@@ -277,10 +277,10 @@ def start_workers(env: dict[str, str], tmp_path: Path, cluster: Cluster, count: 
         for i in range(count)
     ]
     master = cluster.nodes[cluster.master_port()].client()
-    wait_for(
+    wait_until(
         lambda: len(master.smembers(f"rq:workers:{TASKS}")) >= count,
         timeout=30,
-        message="workers registered through Sentinel",
+        what="workers registered through Sentinel",
     )
     return workers
 
@@ -302,13 +302,13 @@ def run_failover(cluster, env, bot, services, tmp_path, trigger, name: str) -> N
         load = Load(client, bot)
         load.start()
         try:
-            wait_for(lambda: load.ok_after(0) >= 30, timeout=20, message="load before it")
+            wait_until(lambda: load.ok_after(0) >= 30, timeout=20, what="load before it")
             old_port = cluster.master_port()
             started = time.monotonic()
             trigger(cluster)
-            wait_for(lambda: cluster.master_port() != old_port, timeout=30, message="promotion")
+            wait_until(lambda: cluster.master_port() != old_port, timeout=30, what="promotion")
             promoted = time.monotonic() - started
-            wait_for(lambda: load.ok_after(started) >= 30, timeout=60, message="200s after it")
+            wait_until(lambda: load.ok_after(started) >= 30, timeout=60, what="200s after it")
         finally:
             load.stop()
         new_master = cluster.nodes[cluster.master_port()].client()
@@ -325,10 +325,10 @@ def run_failover(cluster, env, bot, services, tmp_path, trigger, name: str) -> N
         )
         # The workers followed the failover: every acknowledged update gets processed, and
         # no worker died on the way.
-        wait_for(
+        wait_until(
             lambda: set(accepted) <= processed_update_ids(services, bot),
             timeout=90,
-            message="the workers to process every acknowledged update",
+            what="the workers to process every acknowledged update",
         )
         for worker in workers:
             assert worker.popen.poll() is None, f"a worker died: {worker.output()[-3000:]}"
@@ -343,7 +343,7 @@ def kill_primary(cluster: Cluster) -> None:
     old.kill()
     # Back once Sentinel has promoted the replica, as a replica of the new primary (what
     # the role's unit does after its RestartSec).
-    wait_for(lambda: cluster.master_port() != old.port, timeout=30, message="promotion")
+    wait_until(lambda: cluster.master_port() != old.port, timeout=30, what="promotion")
     old.extra_args = [*old.extra_args, "--replicaof", "127.0.0.1", str(cluster.master_port())]
     old.start()
 

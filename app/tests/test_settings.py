@@ -6,8 +6,8 @@ import os
 import subprocess
 
 import pytest
+from grimbots.lab.servers import GRIMBOTS, GUNICORN
 from grimbots.settings import SettingsError, load_settings
-from support import GRIMBOTS, GUNICORN
 
 GOOD = {
     "GRIMBOTS_DATABASE_URL": "sqlite:////tmp/grimbots-settings-test.db",

@@ -18,6 +18,7 @@ import pytest
 from conftest import ADMIN_TOKEN
 from grimbots import sqlite_to_postgres as move
 from grimbots.db import make_engine
+from grimbots.lab.servers import GRIMBOTS
 from grimbots.migrate import current_revision, head_revision, upgrade
 from grimbots.models import (
     Bot,
@@ -30,7 +31,6 @@ from grimbots.models import (
     PaymentEvent,
 )
 from sqlalchemy import delete, func, insert, select, text, update
-from support import GRIMBOTS
 
 BIG_TELEGRAM_ID = 7_000_000_000  # above 2**31: a BigInteger on PostgreSQL
 

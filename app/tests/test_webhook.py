@@ -6,11 +6,12 @@ import io
 
 import orjson
 import pytest
+from grimbots.lab.servers import free_port
 from grimbots.models import InboundUpdate, OutboxMessage
 from grimbots.settings import load_settings
 from grimbots.web import create_wsgi_app
 from sqlalchemy import func, select
-from support import free_port, start_message
+from support import start_message
 from werkzeug.test import Client
 
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
