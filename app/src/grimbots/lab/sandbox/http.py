@@ -8,6 +8,7 @@ and each answer leaves in one write.
 
 from __future__ import annotations
 
+import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -96,3 +97,19 @@ class StandInServer(ThreadingHTTPServer):
     # Tests fire bursts of concurrent calls; the default backlog of 5 stalls them.
     request_queue_size = 256
     allow_reuse_address = True
+
+    def serve_in_thread(self, name: str, poll_interval: float = 0.5) -> None:
+        """For tests: serve from a daemon thread; shutdown() takes up to `poll_interval`."""
+        threading.Thread(
+            target=self.serve_forever, args=(poll_interval,), name=name, daemon=True
+        ).start()
+
+    def serve_until_interrupted(self, banner: str) -> None:
+        """`grimbots sandbox NAME`: say where it listens, serve until Ctrl-C, then close."""
+        print(banner, flush=True)
+        try:
+            self.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self.server_close()

@@ -740,22 +740,13 @@ def start_in_thread(
     """For tests: a running server on a free port; stop it with server.close()."""
     server = make_server(host, port, config)
     # A short poll interval makes close() (shutdown) take milliseconds, not half a second.
-    threading.Thread(
-        target=server.serve_forever, args=(0.02,), name="pix-sandbox", daemon=True
-    ).start()
+    server.serve_in_thread("pix-sandbox", poll_interval=0.02)
     return server
 
 
 def serve_forever(host: str, port: int, config: PixSandboxConfig | None = None) -> None:
     server = make_server(host, port, config)
     target = server.state.notify_url or "nowhere (set notify_url)"
-    print(
-        f"pix sandbox listening on http://{host}:{server.server_address[1]}, callbacks to {target}",
-        flush=True,
+    server.serve_until_interrupted(
+        f"pix sandbox listening on http://{host}:{server.server_address[1]}, callbacks to {target}"
     )
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()

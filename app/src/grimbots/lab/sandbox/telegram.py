@@ -218,16 +218,12 @@ class SandboxServer(StandInServer):
 def start_in_thread(host: str = "127.0.0.1", port: int = 0) -> SandboxServer:
     """For tests: a running server on a free port (server.server_address)."""
     server = SandboxServer((host, port))
-    threading.Thread(target=server.serve_forever, name="telegram-sandbox", daemon=True).start()
+    server.serve_in_thread("telegram-sandbox")
     return server
 
 
 def serve_forever(host: str, port: int) -> None:
     server = SandboxServer((host, port))
-    print(f"telegram sandbox listening on http://{host}:{server.server_address[1]}", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+    server.serve_until_interrupted(
+        f"telegram sandbox listening on http://{host}:{server.server_address[1]}"
+    )
