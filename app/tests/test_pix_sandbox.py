@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import base64
+import http.server
+import ssl
+import subprocess
 import threading
 import time
 import uuid
 
 import orjson
 import pytest
+from grimbots.lab.sandbox.pix import PixSandboxConfig, PixSandboxServer
 from grimbots.lab.servers import wait_until
 from grimbots.pix import NotificationMalformed, NotificationUnauthorized, txid_for
 from pix_fixtures import HTTP, PIX_KEY, Receiver, adapter_for, start_sandbox
@@ -239,3 +243,63 @@ def test_responsive_under_a_few_hundred_calls(sandbox, adapter):
     elapsed = time.monotonic() - started
     assert errors == []
     assert elapsed < 4, f"400 calls took {elapsed:.1f}s"
+
+
+def openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+
+@pytest.fixture
+def mutual_tls_receiver(tmp_path):
+    """An HTTPS server on 127.0.0.1 that requires a client certificate signed by its CA, as
+    HAProxy's PIX route does; it records the subject of each caller's certificate."""
+    ca_key, ca = tmp_path / "ca.key", tmp_path / "ca.pem"
+    openssl(
+        "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+        "-keyout", str(ca_key), "-out", str(ca), "-days", "1", "-subj", "/CN=Test CA",
+    )  # fmt: skip
+    pems = {}
+    for name, extra in (("server", ["-addext", "subjectAltName=IP:127.0.0.1"]), ("psp", [])):
+        key, csr, cert = (tmp_path / f"{name}.{ext}" for ext in ("key", "csr", "crt"))
+        openssl(
+            "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+            "-keyout", str(key), "-out", str(csr), "-subj", f"/O=Test/CN={name}", *extra,
+        )  # fmt: skip
+        openssl(
+            "x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key),
+            "-CAcreateserial", "-out", str(cert), "-days", "1", "-copy_extensions", "copy",
+        )  # fmt: skip
+        pems[name] = tmp_path / f"{name}.pem"
+        pems[name].write_text(cert.read_text() + key.read_text())
+    subjects: list = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            subjects.append(dict(pair[0] for pair in self.connection.getpeercert()["subject"]))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(ca))
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.load_cert_chain(str(pems["server"]))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"https://127.0.0.1:{server.server_address[1]}", ca, pems["psp"], subjects
+    server.shutdown()
+
+
+def test_callbacks_present_the_psps_client_certificate(mutual_tls_receiver):
+    url, ca, client_pem, subjects = mutual_tls_receiver
+    config = PixSandboxConfig(notify_client_cert=str(client_pem), notify_ca_file=str(ca))
+    server = PixSandboxServer(("127.0.0.1", 0), config)
+    try:
+        assert server.http.post(url + "/webhook/pix/apipix/pix", content=b"{}").status_code == 200
+    finally:
+        server.server_close()
+    assert subjects == [{"organizationName": "Test", "commonName": "psp"}]

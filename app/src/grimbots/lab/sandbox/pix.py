@@ -57,6 +57,7 @@ import itertools
 import random
 import re
 import secrets
+import ssl
 import threading
 import time
 import uuid
@@ -635,6 +636,17 @@ def pay(server: PixSandboxServer, spec: dict[str, Any]) -> tuple[int, dict[str, 
     return 200, answer
 
 
+def callback_tls(config: PixSandboxConfig) -> ssl.SSLContext:
+    """The callbacks' TLS: the receiver checked against notify_ca_file (or the system's
+    CAs), our client certificate presented when there is one. A context, not httpx's
+    cert=/verify= paths: with a CA file as verify=, httpx 0.28 leaves the client
+    certificate out, and HAProxy's mutual TLS answered every lab callback 403."""
+    context = ssl.create_default_context(cafile=config.notify_ca_file)
+    if config.notify_client_cert:
+        context.load_cert_chain(config.notify_client_cert)
+    return context
+
+
 class PixSandboxServer(StandInServer):
     def __init__(self, address: tuple[str, int], config: PixSandboxConfig | None = None):
         self.state = PixSandboxState(config or PixSandboxConfig())
@@ -649,9 +661,7 @@ class PixSandboxServer(StandInServer):
             if self._http is None:
                 config = self.state.config
                 self._http = httpx.Client(
-                    timeout=config.notify_timeout,
-                    cert=config.notify_client_cert,
-                    verify=config.notify_ca_file or True,
+                    timeout=config.notify_timeout, verify=callback_tls(config)
                 )
             return self._http
 
