@@ -402,3 +402,27 @@ def test_replace_refuses_a_live_postgresql(live, tmp_path, empty_pg):
     with pytest.raises(move.MoveError, match="refusing to replace"):
         move.copy(snapshot, empty_pg, replace=True)
     assert count(empty_pg, Bot) == 4  # nothing removed
+
+
+def test_a_row_recorded_again_after_the_switch_is_not_missing(live, tmp_path, empty_pg):
+    """A row the SQLite-era web recorded during the switch may reach PostgreSQL again on
+    its own, under a new id (a PSP callback re-sent, or settled by the reconcile): the
+    catch-up copy leaves it out on the unique key, and the contained check finds it there,
+    reported, not missing."""
+    first = move.backup(live, tmp_path / "b").path
+    move.copy(first, empty_pg, id_margin=1000)
+    for url, row in ((f"sqlite:///{live}", {"id": 4}), (empty_pg, {})):
+        engine = make_engine(url)  # SQLite-era bot 4, then the same bot again on PostgreSQL
+        try:
+            with engine.begin() as conn:
+                conn.execute(
+                    insert(Bot).values(name="twice", token="1:x", webhook_secret="s", **row)
+                )
+        finally:
+            engine.dispose()
+    second = move.backup(live, tmp_path / "b").path
+    assert move.copy(second, empty_pg, id_margin=1000).tables["bots"]["clashed"] == 1
+    contained = move.verify(second, empty_pg, mode="contained")
+    assert contained.ok, contained.as_dict()
+    bots = contained.tables["bots"].as_dict("contained")
+    assert (bots["missing"], bots["elsewhere"], bots["elsewhere_keys"]) == (0, 1, ["4"])

@@ -31,7 +31,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, Integer, Table, create_engine, func, inspect, select, text
+from sqlalchemy import (
+    Engine,
+    Integer,
+    Table,
+    UniqueConstraint,
+    and_,
+    create_engine,
+    func,
+    inspect,
+    select,
+    text,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from grimbots import migrate
@@ -342,10 +353,15 @@ class TableCheck:
     source_rows: int = 0
     target_rows: int = 0
     missing: list[Any] = field(default_factory=list)  # in SQLite, not in PostgreSQL
+    # Missing by id but in PostgreSQL under another id, by one of the table's unique keys:
+    # the same row recorded again after the switch (a PSP callback the PSP re-sent, or the
+    # reconcile found paid). The catch-up copy leaves these out ("clashed").
+    elsewhere: list[Any] = field(default_factory=list)
+    missing_ids: list[Any] = field(default_factory=list)  # every missing id, for the lookup
     extra: list[Any] = field(default_factory=list)  # in PostgreSQL only
     different: list[Any] = field(default_factory=list)  # same key, other content
     counts: dict[str, int] = field(
-        default_factory=lambda: {"missing": 0, "extra": 0, "different": 0}
+        default_factory=lambda: {"missing": 0, "extra": 0, "different": 0, "elsewhere": 0}
     )
     source_checksum: str = ""
     target_checksum: str = ""
@@ -361,6 +377,11 @@ class TableCheck:
             return not any(self.counts.values())
         return self.counts["missing"] == 0
 
+    def found_elsewhere(self, key: Any) -> None:
+        self.counts["missing"] -= 1
+        self.missing = [k for k in self.missing if k != str(key)]
+        self.note("elsewhere", key)
+
     def as_dict(self, mode: str) -> dict[str, Any]:
         return {
             "ok": self.ok(mode),
@@ -370,6 +391,7 @@ class TableCheck:
             "missing_keys": self.missing,
             "extra_keys": self.extra,
             "different_keys": self.different,
+            "elsewhere_keys": self.elsewhere,
             "source_checksum": self.source_checksum,
             "target_checksum": self.target_checksum,
         }
@@ -402,6 +424,7 @@ def _merge(source, target, check: TableCheck) -> None:
             check.source_rows += 1
             src_digest.update(left[1].encode())
             check.note("missing", left[0])
+            check.missing_ids.append(left[0])
             left = next(source, end)
         elif left is end or right[0] < left[0]:
             check.target_rows += 1
@@ -417,6 +440,27 @@ def _merge(source, target, check: TableCheck) -> None:
                 check.note("different", left[0])
             left, right = next(source, end), next(target, end)
     check.source_checksum, check.target_checksum = src_digest.hexdigest(), dst_digest.hexdigest()
+
+
+def _look_elsewhere(source: Engine, target: Engine, table: Table, check: TableCheck) -> None:
+    """The missing rows that PostgreSQL holds under another id, by a unique key."""
+    pk = _pk(table)
+    uniques = [
+        list(constraint.columns)
+        for constraint in table.constraints
+        if isinstance(constraint, UniqueConstraint)
+    ]
+    if not uniques:
+        return
+    with source.connect() as src, target.connect() as dst:
+        for start in range(0, len(check.missing_ids), DEFAULT_BATCH_SIZE):
+            ids = check.missing_ids[start : start + DEFAULT_BATCH_SIZE]
+            for row in src.execute(select(table).where(pk.in_(ids))).mappings():
+                for columns in uniques:
+                    same = and_(*(column == row[column.name] for column in columns))
+                    if dst.scalar(select(pk).where(same).limit(1)) is not None:
+                        check.found_elsewhere(_normal(row[pk.name]))
+                        break
 
 
 def verify(
@@ -441,6 +485,8 @@ def verify(
                 _row_hashes(_source_batches(target, table, batch_size), table),
                 check,
             )
+            if mode == "contained" and check.missing_ids:
+                _look_elsewhere(source, target, table, check)
             report.tables[str(table.name)] = check
     finally:
         source.dispose()
