@@ -43,8 +43,38 @@ class KeyValueFormatter(logging.Formatter):
         return " ".join(parts)
 
 
+class SignalSafeStreamHandler(logging.StreamHandler):
+    """A StreamHandler that a signal handler may log through while it is writing.
+
+    Python runs a signal handler in the main thread between two steps of whatever it was
+    doing, even inside this handler's write when the write waits (a full journal socket).
+    RQ's SIGTERM handler logs "warm shut down requested": the nested write into the same
+    buffered stream raised RuntimeError ("reentrant call") out of RQ's handler before it
+    recorded the stop, and the worker ran on until systemd killed it (seen in the lab,
+    75 s later). A line logged while another is being written is written right after it.
+    (handle() holds this handler's RLock, so only the same thread can find it writing.)
+    """
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._writing = False
+        self._deferred: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self._writing:
+            self._deferred.append(record)
+            return
+        self._writing = True
+        try:
+            super().emit(record)
+            while self._deferred:
+                super().emit(self._deferred.pop(0))
+        finally:
+            self._writing = False
+
+
 def configure_logging(level: str = "INFO") -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = SignalSafeStreamHandler(sys.stderr)
     handler.setFormatter(KeyValueFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -53,7 +53,28 @@ BATCH_SIZE = 32
 log = logging.getLogger(__name__)
 
 
-class BatchWorker(SimpleWorker):
+class StopRecordedFirst:
+    """RQ's SIGTERM handler ends in _shutdown(): a busy worker records the stop, an idle one
+    raises StopRequested from the signal handler, wherever the main thread is. If that is
+    inside code that swallows exceptions (a log write does), the stop would be lost and the
+    worker would run on until systemd's SIGKILL. Recording it first makes the loop stop at
+    its next turn either way. (grimbots.logs keeps a log line from the handler itself safe.)
+    """
+
+    def _shutdown(self) -> None:
+        self._stop_requested = True
+        super()._shutdown()
+
+
+class InProcessWorker(StopRecordedFirst, SimpleWorker):
+    pass
+
+
+class ForkingWorker(StopRecordedFirst, Worker):
+    pass
+
+
+class BatchWorker(InProcessWorker):
     batch_size = BATCH_SIZE
 
     def execute_job(self, job: Job, queue: Queue) -> None:
@@ -185,7 +206,7 @@ def batchable(job: Job) -> bool:
     )
 
 
-WORKER_CLASSES = {"batch": BatchWorker, "simple": SimpleWorker, "fork": Worker}
+WORKER_CLASSES = {"batch": BatchWorker, "simple": InProcessWorker, "fork": ForkingWorker}
 
 
 def build_worker(settings: Settings, queue_names: list[str], worker_class: str = "batch"):
