@@ -23,11 +23,19 @@ def sample(text: str, name: str, **labels: str) -> float:
 def test_metrics_aggregate_across_gunicorn_and_rq_workers(
     env, bot, start_web, start_worker, tmp_path
 ):
-    multiproc = tmp_path / "prometheus"
+    # As on a host: the web and the RQ workers each write to their own directory (so each
+    # can restart alone), and the web's /metrics sums both.
+    multiproc, worker_files = tmp_path / "prometheus-web", tmp_path / "prometheus-workers"
     multiproc.mkdir()
-    extra = {"PROMETHEUS_MULTIPROC_DIR": str(multiproc)}
-    base_url = start_web(workers=3, extra_env=extra)
-    start_worker(TASKS, extra_env=extra)
+    worker_files.mkdir()
+    base_url = start_web(
+        workers=3,
+        extra_env={
+            "PROMETHEUS_MULTIPROC_DIR": str(multiproc),
+            "GRIMBOTS_WORKER_METRICS_DIR": str(worker_files),
+        },
+    )
+    start_worker(TASKS, extra_env={"PROMETHEUS_MULTIPROC_DIR": str(worker_files)})
 
     posts = 30
     for update_id in range(1, posts + 1):

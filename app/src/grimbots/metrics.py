@@ -2,14 +2,16 @@
 
 With PROMETHEUS_MULTIPROC_DIR set (it must be set before prometheus_client is imported,
 that is, in the service's environment), every gunicorn worker and every RQ worker on the
-host writes its samples to files in that directory and /metrics sums them. The directory
-must be emptied when the host boots (a tmpfs such as systemd's RuntimeDirectory), not
-when one service restarts, because the other services' files live there too.
+host writes its samples to files in that directory and /metrics sums them. A directory
+is emptied only when every process writing to it has stopped, so the web and the RQ
+workers write to one each (the web's restart must not wait for a worker's job to end):
+the web names the workers' one in GRIMBOTS_WORKER_METRICS_DIR and /metrics sums both.
 Without it we fall back to the per-process registry (fine for one process, e.g. tests).
 """
 
 from __future__ import annotations
 
+import glob
 import os
 
 from prometheus_client import (
@@ -107,6 +109,24 @@ def multiprocess_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 
+class HostFilesCollector(Collector):
+    """The samples every process of this host wrote, summed across the directories."""
+
+    def __init__(self, *directories: str):
+        self.directories = directories
+
+    def collect(self):
+        from prometheus_client import multiprocess
+
+        for _ in range(3):
+            files = [f for d in self.directories for f in glob.glob(os.path.join(d, "*.db"))]
+            try:
+                return multiprocess.MultiProcessCollector.merge(files, accumulate=True)
+            except FileNotFoundError:
+                continue  # a directory emptied under us (its services restart): read again
+        return []
+
+
 def render(*collectors: Collector) -> tuple[bytes, str]:
     """The exposition text for /metrics and its content type.
 
@@ -115,10 +135,9 @@ def render(*collectors: Collector) -> tuple[bytes, str]:
     """
     registry = REGISTRY
     if multiprocess_dir():
-        from prometheus_client import multiprocess
-
+        directories = [multiprocess_dir(), os.environ.get("GRIMBOTS_WORKER_METRICS_DIR")]
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
+        registry.register(HostFilesCollector(*filter(None, directories)))
     body = generate_latest(registry)
     if collectors:
         scrape = CollectorRegistry(auto_describe=False)
