@@ -140,6 +140,11 @@ def manage(app, args):
     return json.loads(app.check_output(f"grimbots-manage {args}"))
 
 
+def app_python(app, code):
+    """Python code run on the app host as the app (its venv and environment)."""
+    return app.check_output(f"/usr/local/sbin/grimbots-manage --exec python -c {shlex.quote(code)}")
+
+
 def add_bot(app, name, token, secret, welcome=None):
     """`bots add`, the credentials on stdin as the CLI requires (never on a command line)."""
     credentials = shlex.quote(json.dumps({"token": token, "secret": secret}))
@@ -395,6 +400,59 @@ def test_killed_worker_consumes_again_within_15s(app, redis):
     wait_until(consuming, RECOVERY_LIMIT, f"{unit} back and registered on the tasks queue")
     measure(f"worker_kill9_to_consuming_seconds[{unit}]", round(time.monotonic() - started, 2))
     assert per_queue(active_instances(app)) == FLEET
+
+
+def test_a_stop_that_lands_in_a_log_write_still_stops_the_worker(app):
+    # Seen here: SIGTERM reached a worker while it wrote a log line, RQ's handler logged
+    # into the same stream, the RuntimeError lost the stop, and systemd SIGKILLed the
+    # worker 75 s later. On the host's own Python, which is where it happened.
+    script = (Path(__file__).parent / "signal_in_a_log_write.py").read_text()
+    ran = app.run(f"/usr/local/sbin/grimbots-manage --exec python -c {shlex.quote(script)}")
+    assert ran.rc == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
+    result = json.loads(ran.stdout.strip().splitlines()[-1])
+    assert result["returncode"] == 0, result["output"]
+    assert "reentrant call" not in result["output"], result["output"]
+    assert "stopping on request" in result["output"], result["output"]
+    assert result["jobs_left"] > 10_000, result  # it stopped, not worked the queue through
+
+
+def test_an_app_restart_does_not_wait_for_a_busy_worker(app, web):
+    """`systemctl restart grimbots.target` (every deploy): the new web serves while a
+    worker still finishes its job; it used to wait for the slowest one (up to 75 s)."""
+    # A 30 s job: its worker's warm shutdown waits for it.
+    connect = "import os, redis, rq; r = redis.Redis.from_url(os.environ['GRIMBOTS_REDIS_URL']);"
+    app_python(app, connect + "rq.Queue('tasks', connection=r).enqueue('time.sleep', 30)")
+    wait_until(
+        lambda: (
+            app_python(
+                app,
+                connect
+                + "print(rq.registry.StartedJobRegistry('tasks', connection=r).get_job_ids())",
+            )
+            != "[]"
+        ),
+        RECOVERY_LIMIT,
+        "a worker busy with the long job",
+    )
+    old_web = main_pid(app, "grimbots-web.service")
+    started = time.monotonic()
+    app.check_output("systemctl restart --no-block grimbots.target")
+
+    def serving():
+        pid = main_pid(app, "grimbots-web.service")
+        return pid not in (0, old_web) and health(app, web)[0] in (200, 503)
+
+    wait_until(serving, RECOVERY_LIMIT, "the new web serving while a worker still stops")
+    measure("app_restart_to_web_serving_seconds", round(time.monotonic() - started, 2))
+    stopping = app.check_output(
+        "systemctl list-units --plain --no-legend --state=deactivating 'rq-worker@*'"
+    )
+    assert stopping.strip(), "no worker was still finishing its job: the test proved nothing"
+    wait_until(
+        lambda: per_queue(active_instances(app)) == FLEET and health(app, web)[0] == 200,
+        120,
+        "the whole fleet back",
+    )
 
 
 def test_health_alert_reaches_telegram(app, web, sandbox):
