@@ -419,9 +419,12 @@ def test_a_stop_that_lands_in_a_log_write_still_stops_the_worker(app):
 def test_an_app_restart_does_not_wait_for_a_busy_worker(app, web):
     """`systemctl restart grimbots.target` (every deploy): the new web serves while a
     worker still finishes its job; it used to wait for the slowest one (up to 75 s)."""
-    # A 30 s job: its worker's warm shutdown waits for it.
+    # A 45 s job: its worker's warm shutdown waits for it. The web must serve well before it
+    # ends (its own restart takes 5-15 s on a loaded box), while that worker still stops.
     connect = "import os, redis, rq; r = redis.Redis.from_url(os.environ['GRIMBOTS_REDIS_URL']);"
-    app_python(app, connect + "rq.Queue('tasks', connection=r).enqueue('time.sleep', 30)")
+    app_python(
+        app, connect + "rq.Queue('tasks', connection=r).enqueue('time.sleep', 45, job_timeout=90)"
+    )
     wait_until(
         lambda: (
             app_python(
@@ -442,7 +445,7 @@ def test_an_app_restart_does_not_wait_for_a_busy_worker(app, web):
         pid = main_pid(app, "grimbots-web.service")
         return pid not in (0, old_web) and health(app, web)[0] in (200, 503)
 
-    wait_until(serving, RECOVERY_LIMIT, "the new web serving while a worker still stops")
+    wait_until(serving, 30, "the new web serving while a worker still stops")
     measure("app_restart_to_web_serving_seconds", round(time.monotonic() - started, 2))
     stopping = app.check_output(
         "systemctl list-units --plain --no-legend --state=deactivating 'rq-worker@*'"
