@@ -94,6 +94,8 @@ def record(bot_id: int, update_id: int, chat_id: int, kind: str, status: int, re
             "kind": kind,
             "status": status,
             "retry": retry,
+            # When the answer came (wall clock): a test measures a failover's gap with it.
+            "at": round(time.time(), 3),
         }
     )
     with _sent_lock:

@@ -1,0 +1,289 @@
+"""Phase 3 as an operator runs it: HAProxy in front of two app hosts, Redis through three
+Sentinels, PostgreSQL, and a steady load from the controller while a test breaks or
+changes something. Every test that runs the load ends with the zero-duplication audit
+(0 lost, 0 duplicated); the webhook's 200 waits for the Redis replica's copy
+(grimbots_redis_min_replica_acks: 1), which is what keeps a failover from losing what was
+acknowledged. Figures print as MEASURE lines (docs/benchmarks.md keeps them).
+
+Each test leaves the stack as it found it (both app hosts UP, a primary with its replica in
+sync, app3 out of the inventory), so they pass in any order.
+"""
+
+import json
+import os
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import pytest
+import testinfra
+from infra import inventory_groups, output, run_playbook, wait_until
+from load import Load, audit
+
+SOCKET = "/run/haproxy/admin.sock"
+BACKEND = "webhooks"
+MASTER = "grimbots"
+ADMIN = "--user admin --pass molecule-redis-admin-password --no-auth-warning"
+DOWN_AFTER_S = 3.0  # molecule.yml's redis_sentinel_down_after_ms
+OUT_OF_ROTATION_LIMIT_S = 5.0
+PHASES = ["playbooks/phase1-core.yml", "playbooks/phase3-scale.yml"]
+
+
+def measure(name, value):
+    print(f"\nMEASURE {name}={value}")
+
+
+def host(name):
+    return testinfra.get_host(f"podman://{name}")
+
+
+def published(container: str, port: int) -> str:
+    """The controller's URL for a port published on 127.0.0.1 (molecule.yml)."""
+    out = subprocess.run(
+        ["podman", "port", container, f"{port}/tcp"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out and out[0].startswith("127.0.0.1:"), f"{port} is not published on 127.0.0.1"
+    return f"http://{out[0]}"
+
+
+@pytest.fixture(scope="module")
+def groups():
+    return inventory_groups()
+
+
+@pytest.fixture(scope="module")
+def lb(groups):
+    return host(groups["lb"][0])
+
+
+@pytest.fixture(scope="module")
+def apps(groups) -> list[str]:
+    return groups["app"]
+
+
+@pytest.fixture(scope="module")
+def front(groups) -> str:
+    return published(groups["lb"][0], 80)
+
+
+@pytest.fixture(scope="module")
+def psp(groups) -> str:
+    return published(groups["sandbox"][0], 8082)
+
+
+@pytest.fixture(scope="module")
+def bots(apps) -> list[dict]:
+    """Five bots with an offer each, in the shared database (seeded through app1)."""
+    seeded = host(apps[0]).check_output("/usr/local/sbin/grimbots-manage bots seed --count 5")
+    return json.loads(seeded)["bots"]
+
+
+# ---- HAProxy's view -------------------------------------------------------------------
+def runtime_api(lb, command: str) -> str:
+    return lb.check_output(f"echo '{command}' | socat stdio UNIX-CONNECT:{SOCKET}")
+
+
+def stats(lb) -> dict[str, dict[str, str]]:
+    """The webhook backend's servers: name -> `show stat` fields (status, stot, ...)."""
+    lines = runtime_api(lb, "show stat").splitlines()
+    header = lines[0].lstrip("# ").split(",")
+    rows = (dict(zip(header, line.split(","), strict=False)) for line in lines[1:] if line)
+    return {
+        row["svname"]: row
+        for row in rows
+        if row.get("pxname") == BACKEND and row["svname"] not in ("FRONTEND", "BACKEND")
+    }
+
+
+def status(lb, server: str) -> str:
+    return stats(lb).get(server, {}).get("status", "absent")
+
+
+def served(lb) -> Counter:
+    """Requests each server of the webhook backend has taken so far (stot)."""
+    return Counter({name: int(row["stot"]) for name, row in stats(lb).items()})
+
+
+def all_up(lb, apps) -> bool:
+    return all(status(lb, name) == "UP" for name in apps)
+
+
+def main_pid(name: str) -> str:
+    return host(name).check_output("systemctl show -P MainPID grimbots-web")
+
+
+# ---- Redis's view ---------------------------------------------------------------------
+def replication(name: str) -> dict[str, str]:
+    out = host(name).check_output(f"redis-cli -h 127.0.0.1 {ADMIN} INFO replication")
+    return dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+
+
+def primary(groups) -> str | None:
+    """The primary's container name once every Sentinel names the same one."""
+    answers = set()
+    for name in groups["sentinel"]:
+        out = host(name).check_output(
+            f"redis-cli -p 26379 SENTINEL get-master-addr-by-name {MASTER}"
+        )
+        answers.add(out.split()[0] if out else "")
+    if len(answers) != 1:
+        return None
+    address = answers.pop()
+    for name in groups["redis"]:
+        if address in host(name).check_output("hostname -I").split():
+            return name
+    return None
+
+
+def in_sync(groups) -> bool:
+    """One primary named by all Sentinels, every other server its replica, link up."""
+    current = primary(groups)
+    if current is None or replication(current).get("role") != "master":
+        return False
+    return all(
+        replication(name).get("master_link_status") == "up"
+        for name in groups["redis"]
+        if name != current
+    )
+
+
+# ---- the tests ------------------------------------------------------------------------
+def test_requests_are_spread_over_both_app_hosts(lb, apps, front, psp, bots, tmp_path):
+    before = served(lb)
+    with Load(front, psp, bots, tmp_path, stage_seconds=15) as run:
+        run.finish()
+    taken = served(lb) - before
+    measure("spread", dict(taken))
+    total = sum(taken[name] for name in apps)
+    assert total > 200, taken
+    for name in apps:
+        assert taken[name] > total * 0.3, f"{name} took {taken[name]} of {total}"
+    audit(tmp_path)
+
+
+def test_an_app_host_stopped_under_load_is_out_of_rotation_quickly(
+    lb, apps, front, psp, bots, tmp_path
+):
+    stopped = apps[1]
+    with Load(front, psp, bots, tmp_path, stage_seconds=30) as run:
+        try:
+            started = time.monotonic()
+            # The whole app on the host, the socket systemd holds for it included.
+            host(stopped).check_output("systemctl stop grimbots-web.socket grimbots.target")
+            wait_until(lambda: status(lb, stopped).startswith("DOWN"), 30, "DOWN", interval=0.1)
+            out_of_rotation = time.monotonic() - started
+        finally:
+            host(stopped).check_output("systemctl start grimbots-web.socket grimbots.target")
+        wait_until(lambda: status(lb, stopped) == "UP", 60, "the host back UP")
+        assert run.running(), "the load ended before the host was back"
+        run.finish()
+    measure("out_of_rotation_s", round(out_of_rotation, 2))
+    measure("requests_during_the_stop", dict(run.statuses()))
+    assert set(run.statuses()) == {200}, run.statuses()
+    assert out_of_rotation < OUT_OF_ROTATION_LIMIT_S
+    audit(tmp_path)
+
+
+def test_a_rolling_deploy_under_load_fails_no_request(lb, apps, front, psp, bots, tmp_path):
+    pids = {name: main_pid(name) for name in apps}
+    with Load(front, psp, bots, tmp_path, stage_seconds=150) as run:
+        started = time.monotonic()
+        # A settings change, as a release brings: every web and worker restarts.
+        deploy = run_playbook("playbooks/deploy.yml", "-e", "grimbots_log_level=WARNING")
+        took = time.monotonic() - started
+        assert deploy.returncode == 0, output(deploy)
+        assert run.running(), "the load ended before the deploy did"
+        run.finish()
+    measure("rolling_deploy_s", round(took, 1))
+    measure("requests_during_the_deploy", dict(run.statuses()))
+    assert all(main_pid(name) != pids[name] for name in apps), "a web was not restarted"
+    assert all_up(lb, apps)
+    assert set(run.statuses()) == {200}, run.statuses()
+    audit(tmp_path)
+    # Back to the inventory's settings (drained the same way), for the tests after this one.
+    restore = run_playbook("playbooks/deploy.yml")
+    assert restore.returncode == 0, output(restore)
+
+
+def failover_under_load(groups, front, psp, bots, reports: Path, trigger) -> dict[str, float]:
+    """Run the load, `trigger(primary)`, wait for the new primary and the old one back as
+    its replica; the figures. The load tolerates refused webhooks (a 503 while there is
+    no primary, which Telegram re-sends); the audit then proves no 200 was lost."""
+    wait_until(lambda: in_sync(groups), 60, "the replica in sync before the failover")
+    old = primary(groups)
+    with Load(front, psp, bots, reports, stage_seconds=45, max_fail_ratio=0.5) as run:
+        since = time.time()
+        started = time.monotonic()
+        trigger(old)
+        new = wait_until(lambda: (p := primary(groups)) != old and p, 30, "a new primary")
+        promoted = time.monotonic() - started
+        wait_until(lambda: run.answer_gap(since) < 1e9, 60, "webhooks accepted again")
+        wait_until(lambda: in_sync(groups), 90, f"{old} back as the replica of {new}")
+        assert run.running(), "the load ended before the old primary was back"
+        run.finish()
+    assert replication(old).get("role") == "slave"
+    return {
+        "promoted_s": round(promoted, 2),
+        "webhook_gap_s": round(run.answer_gap(since), 2),
+        "refused": sum(n for code, n in run.statuses().items() if code != 200),
+        "accepted": run.statuses().get(200, 0),
+    }
+
+
+def test_the_redis_primary_killed_under_load_loses_no_acknowledged_update(
+    groups, front, psp, bots, tmp_path
+):
+    def kill(name):
+        host(name).check_output("systemctl kill --signal=SIGKILL redis-server")
+
+    figures = failover_under_load(groups, front, psp, bots, tmp_path, kill)
+    for key, value in figures.items():
+        measure(f"kill9_{key}", value)
+    assert figures["webhook_gap_s"] < DOWN_AFTER_S + 2
+    audit(tmp_path)
+
+
+def test_a_planned_failover_under_load_loses_no_acknowledged_update(
+    groups, front, psp, bots, tmp_path
+):
+    def failover(_name):
+        host(groups["sentinel"][0]).check_output(f"redis-cli -p 26379 SENTINEL FAILOVER {MASTER}")
+
+    figures = failover_under_load(groups, front, psp, bots, tmp_path, failover)
+    for key, value in figures.items():
+        measure(f"planned_{key}", value)
+    assert figures["webhook_gap_s"] < DOWN_AFTER_S + 2
+    audit(tmp_path)
+
+
+def test_a_host_added_to_the_inventory_takes_traffic_after_one_converge(
+    lb, groups, apps, front, psp, bots, tmp_path
+):
+    spare = groups["spare"][0]
+    inventory = Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent
+    grown = tmp_path / "grown.yml"
+    grown.write_text(json.dumps({"app": {"hosts": {spare: {}}}}))
+    try:
+        started = time.monotonic()
+        for playbook in PHASES:
+            converge = run_playbook(playbook, "-i", str(grown))
+            assert converge.returncode == 0, output(converge)
+        measure("converge_with_a_new_host_s", round(time.monotonic() - started, 1))
+        wait_until(lambda: status(lb, spare) == "UP", 60, f"{spare} UP")
+        before = served(lb)
+        with Load(front, psp, bots, tmp_path, stage_seconds=10) as run:
+            run.finish()
+        taken = served(lb) - before
+        measure("spread_over_three", dict(taken))
+        assert taken[spare] > sum(taken.values()) * 0.15, taken
+        audit(tmp_path)
+    finally:
+        # Out of the inventory again: the load balancer drains and drops it.
+        shrink = run_playbook(PHASES[1], inventory=inventory)
+        host(spare).run("systemctl disable --now grimbots.target grimbots-web.socket")
+    assert shrink.returncode == 0, output(shrink)
+    assert status(lb, spare) == "absent"
+    assert all_up(lb, apps)
+    assert httpx.get(f"{front}/health", timeout=10).status_code == 200
