@@ -104,9 +104,9 @@ loadtest: setup ## Staged load test (10-200 users, 1,000 req/s, retries), gates,
 	@test -s $(LOADTEST_BOTS) || { echo "no $(LOADTEST_BOTS): run make lab first" >&2; exit 2; }
 	@$(LOADTEST) $(LOADTEST_ARGS)
 
-chaos: setup ## 1,000 req/s with workers SIGKILLed and gunicorn restarted mid-stage, retries, the audit
+chaos: setup ## 1,000 req/s with workers SIGKILLed, gunicorn restarted, an app host stopped and a Redis failover mid-stage, retries, the audit
 	@test -s $(LOADTEST_BOTS) || { echo "no $(LOADTEST_BOTS): run make lab first" >&2; exit 2; }
-	@$(LOADTEST) --chaos --ramp --reports $(LOADTEST_REPORTS)-chaos $(LOADTEST_ARGS)
+	@$(LOADTEST) --chaos --chaos-stop-app-host --chaos-redis-failover --ramp --reports $(LOADTEST_REPORTS)-chaos $(LOADTEST_ARGS)
 
 # The run to audit: AUDIT_REPORTS=reports/loadtest-chaos, or by default the last run.
 AUDIT_REPORTS ?= $(shell cat reports/last-run 2>/dev/null)

@@ -5,7 +5,10 @@ Stages (the seed's progression, then what it cannot offer by itself):
   throughput           a fixed offered rate (default 1,000 requests/s)
   retry                a share of updates re-sent the way Telegram retries
 With --chaos, the throughput stage also SIGKILLs a random RQ worker every few seconds and
-restarts gunicorn once (through Ansible, on the inventory's app hosts).
+restarts gunicorn once (through Ansible, on the inventory's app hosts); with
+--chaos-stop-app-host it stops the whole app of the last app host for 10 s (HAProxy must
+route around it), with --chaos-redis-failover it asks the Sentinels for a planned failover
+(the webhooks answer 503 until the new primary takes writes, and Telegram re-sends those).
 Then the zero-duplication audit (playbooks/loadtest-audit.yml: `grimbots audit` on the
 first app host, which waits for the queues to drain) reconciles what was sent with what
 happened.
@@ -156,6 +159,14 @@ def read_result(stage: Stage, prefix: Path, args, chaos: Chaos | None) -> Result
         errors + (chaos.log if chaos else []),
         [],
     )
+    if chaos is not None and args.chaos_redis_failover:
+        # Refused while there was no primary to write to: Telegram re-sends a 503, so it is
+        # not a failure of the stack; the audit proves that no accepted update was lost.
+        refused = sum(
+            int(e.split("x ", 1)[0]) for e in errors if e.endswith("HTTP 503") or "(HTTP 503)" in e
+        )
+        result.failures -= refused
+        result.errors.append(f"{refused} answered 503 during the Redis failover (re-sent)")
     # Above the bar, not at it: --max-fail-ratio 0 means no request may fail.
     if result.fail_ratio > args.max_fail_ratio:
         result.gates_missed.append(
@@ -186,6 +197,13 @@ class Chaos:
         ' | awk \'{print $1}\' | shuf -n 1); systemctl kill -s KILL "$unit"; echo "$unit"'
     )
 
+    # The whole app, the socket systemd holds for it included: the host looks dead to
+    # HAProxy, which must take it out of rotation and retry its requests elsewhere.
+    STOP_APP_HOST = (
+        "systemctl stop grimbots-web.socket grimbots.target && sleep 10"
+        " && systemctl start grimbots-web.socket grimbots.target && echo stopped 10 s"
+    )
+
     def __init__(self, args: argparse.Namespace):
         self.args = args
         self.log: list[str] = []
@@ -200,10 +218,13 @@ class Chaos:
         self.thread.join()
 
     def on_app_hosts(self, shell: str) -> str:
+        return self.on_hosts(self.args.chaos_hosts, shell)
+
+    def on_hosts(self, pattern: str, shell: str) -> str:
         out = subprocess.run(
             [
                 "ansible",
-                self.args.chaos_hosts,
+                pattern,
                 "-i",
                 self.args.inventory,
                 "-o",
@@ -220,11 +241,25 @@ class Chaos:
 
     def loop(self) -> None:
         restarted = not self.args.chaos_restart_web
+        host_stopped = not self.args.chaos_stop_app_host
+        failed_over = not self.args.chaos_redis_failover
         kills = 0
         start = time.monotonic()
         while not self.done.wait(self.args.chaos_every * random.uniform(0.7, 1.3)):
             elapsed = time.monotonic() - start
-            if not restarted and elapsed > self.args.stage_seconds / 2:
+            if not host_stopped and elapsed > self.args.stage_seconds / 4:
+                self.log.append(
+                    f"chaos t={elapsed:.0f}s stop the app on the last app host for 10 s: "
+                    + self.on_hosts("app[-1]", self.STOP_APP_HOST)
+                )
+                host_stopped = True
+            elif not failed_over and elapsed > self.args.stage_seconds * 3 / 4:
+                self.log.append(
+                    f"chaos t={elapsed:.0f}s planned Redis failover: "
+                    + self.on_hosts("sentinel[0]", "redis-cli -p 26379 SENTINEL FAILOVER grimbots")
+                )
+                failed_over = True
+            elif not restarted and elapsed > self.args.stage_seconds / 2:
                 self.log.append(
                     f"chaos t={elapsed:.0f}s restart gunicorn: "
                     + self.on_app_hosts("systemctl restart grimbots-web")
@@ -295,6 +330,16 @@ def main() -> int:
     parser.add_argument("--chaos-kills", type=int, default=1000, help="at most this many")
     parser.add_argument("--chaos-restart-web", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--chaos-hosts", default="app")
+    parser.add_argument(
+        "--chaos-stop-app-host",
+        action="store_true",
+        help="stop the last app host's app for 10 s (needs HAProxy in front)",
+    )
+    parser.add_argument(
+        "--chaos-redis-failover",
+        action="store_true",
+        help="a planned SENTINEL FAILOVER (needs the sentinel group); its 503s are not failures",
+    )
     parser.add_argument("--inventory", default="inventories/lab")
     parser.add_argument("--audit", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--drain-timeout", type=float, default=1800.0)
