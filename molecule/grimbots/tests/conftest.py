@@ -17,7 +17,6 @@ JOURNALS = {
         "grimbots-reconcile",
     ],
     "redis": ["redis-server"],
-    "postgres": ["postgresql@15-main"],
 }
 
 

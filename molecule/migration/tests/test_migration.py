@@ -1,7 +1,8 @@
 """Phase 2 on a live phase-1 install: playbooks/phase2-postgres.yml moves the app from
 SQLite to PostgreSQL (the db host, provisioned by converge) while the load mix runs.
 
-Last of the scenario's tests, by its name (it moves the app's database for good). In order:
+The scenario's only tests (molecule/migration; they move the app's database for good). In
+order:
  1. a refused copy (PostgreSQL holds a `bots` row with an id above SQLite's highest) stops
     the move before the switch, and the app carries on with the untouched SQLite file: the
     rollback;
