@@ -386,7 +386,8 @@ def main() -> int:
         print("\nloadtest FAILED: the audit found a loss or a duplicate (see above)")
     if missed or not audited:
         return 1
-    print(f"\nloadtest passed: every gate met, audit clean; reports in {args.reports}")
+    audit = "audit clean" if args.audit else "not audited (--no-audit)"
+    print(f"\nloadtest passed: every gate met, {audit}; reports in {args.reports}")
     return 0
 
 

@@ -71,7 +71,7 @@ molecule_test() {
 }
 
 # The longest first, so the lanes end together (docs/testing.md has their times).
-LONGEST_FIRST="grimbots migration monitoring postgres redis haproxy"
+LONGEST_FIRST="stack grimbots migration monitoring postgres redis haproxy"
 scenarios() {
   local name
   for name in $LONGEST_FIRST; do [[ -f molecule/$name/molecule.yml ]] && echo "$name"; done

@@ -69,8 +69,14 @@ def run_playbook(
 
 
 def output(run) -> str:
-    """The end of a playbook run's output, for an assertion message."""
-    return run.stdout[-4000:] + run.stderr[-2000:]
+    """What failed (ansible-core 2.19 prints a failed task on stderr, anywhere in it), then
+    the end of a playbook run's output, for an assertion message."""
+    failed = [
+        line[:1500]
+        for line in (run.stdout + run.stderr).splitlines()
+        if line.startswith(("fatal: ", "failed: ", "ERROR! ")) or "FAILED! =>" in line
+    ]
+    return "\n".join(failed[-10:]) + "\n...\n" + run.stdout[-4000:] + run.stderr[-2000:]
 
 
 def wait_until(condition: Callable[[], object], timeout: float, what: str, interval=0.2):

@@ -27,6 +27,13 @@ BACKEND = "webhooks"
 MASTER = "grimbots"
 ADMIN = "--user admin --pass molecule-redis-admin-password --no-auth-warning"
 DOWN_AFTER_S = 3.0  # molecule.yml's redis_sentinel_down_after_ms
+# Sentinel's own part: down-after, then a vote and the promotion (about 2 s here).
+PROMOTED_WITHIN_S = DOWN_AFTER_S + 3
+# The webhook's 200 needs a replica's copy (WAIT 1), and with one replica the new primary
+# has none until the old one is back as its replica: after RestartSec (8 s) on a kill -9,
+# after Sentinel's next look at it (its INFO every 10 s) on a planned failover. Measured
+# 9.3 s and 11.4 s; a refused webhook is answered 503, which Telegram re-sends.
+ACKNOWLEDGED_BACK_WITHIN_S = 25.0
 OUT_OF_ROTATION_LIMIT_S = 5.0
 PHASES = ["playbooks/phase1-core.yml", "playbooks/phase3-scale.yml"]
 
@@ -116,8 +123,9 @@ def main_pid(name: str) -> str:
 
 # ---- Redis's view ---------------------------------------------------------------------
 def replication(name: str) -> dict[str, str]:
-    out = host(name).check_output(f"redis-cli -h 127.0.0.1 {ADMIN} INFO replication")
-    return dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+    """INFO replication of a server; empty while it is down."""
+    out = host(name).run(f"redis-cli -h 127.0.0.1 {ADMIN} INFO replication").stdout
+    return dict(line.strip().split(":", 1) for line in out.splitlines() if ":" in line)
 
 
 def primary(groups) -> str | None:
@@ -188,7 +196,7 @@ def test_an_app_host_stopped_under_load_is_out_of_rotation_quickly(
 
 def test_a_rolling_deploy_under_load_fails_no_request(lb, apps, front, psp, bots, tmp_path):
     pids = {name: main_pid(name) for name in apps}
-    with Load(front, psp, bots, tmp_path, stage_seconds=150) as run:
+    with Load(front, psp, bots, tmp_path, stage_seconds=210) as run:
         started = time.monotonic()
         # A settings change, as a release brings: every web and worker restarts.
         deploy = run_playbook("playbooks/deploy.yml", "-e", "grimbots_log_level=WARNING")
@@ -241,7 +249,8 @@ def test_the_redis_primary_killed_under_load_loses_no_acknowledged_update(
     figures = failover_under_load(groups, front, psp, bots, tmp_path, kill)
     for key, value in figures.items():
         measure(f"kill9_{key}", value)
-    assert figures["webhook_gap_s"] < DOWN_AFTER_S + 2
+    assert figures["promoted_s"] < PROMOTED_WITHIN_S
+    assert figures["webhook_gap_s"] < ACKNOWLEDGED_BACK_WITHIN_S
     audit(tmp_path)
 
 
@@ -254,7 +263,8 @@ def test_a_planned_failover_under_load_loses_no_acknowledged_update(
     figures = failover_under_load(groups, front, psp, bots, tmp_path, failover)
     for key, value in figures.items():
         measure(f"planned_{key}", value)
-    assert figures["webhook_gap_s"] < DOWN_AFTER_S + 2
+    assert figures["promoted_s"] < PROMOTED_WITHIN_S
+    assert figures["webhook_gap_s"] < ACKNOWLEDGED_BACK_WITHIN_S
     audit(tmp_path)
 
 
