@@ -44,6 +44,21 @@ def host_in(group: str):
 PROJECT = Path(__file__).resolve().parents[2]
 
 
+def measure(name: str, value) -> None:
+    """A figure for the CI log and docs/benchmarks.md (verifier option -s shows it)."""
+    print(f"\nMEASURE {name}={value}")
+
+
+def published(container: str, port: int) -> str:
+    """The controller's URL for a port a scenario publishes on a random port of 127.0.0.1
+    (its molecule.yml's published_ports): what a load generator on the controller uses."""
+    out = subprocess.run(
+        ["podman", "port", container, f"{port}/tcp"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out and out[0].startswith("127.0.0.1:"), f"{port} is not published on 127.0.0.1"
+    return f"http://{out[0]}"
+
+
 def run_playbook(
     playbook: str | Path, *args: str, extra_vars: dict | None = None, inventory: Path | None = None
 ):

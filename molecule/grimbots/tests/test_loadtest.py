@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from infra import host_in, inventory_groups
+from infra import host_in, inventory_groups, published
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -24,32 +24,20 @@ def app():
     return host_in("app")
 
 
-def published(port: int) -> str:
-    """The controller's URL for a port of the app container (published on 127.0.0.1)."""
-    container = inventory_groups()["app"][0]
-    out = subprocess.run(
-        ["podman", "port", container, f"{port}/tcp"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    assert out and out[0].startswith("127.0.0.1:"), f"{port} is not published on 127.0.0.1"
-    return f"http://{out[0]}"
-
-
 def test_short_load_with_a_worker_kill_loses_and_duplicates_nothing(app, tmp_path):
     seeded = app.check_output("/usr/local/sbin/grimbots-manage bots seed --count 5")
     bots = tmp_path / "bots.json"
     bots.write_text(json.dumps(json.loads(seeded)["bots"]))
     reports = tmp_path / "reports"
+    container = inventory_groups()["app"][0]
     command = [
         sys.executable,
         str(ROOT / "loadtest" / "run.py"),
         "--short",
         "--host",
-        published(8000),
+        published(container, 8000),
         "--psp",
-        published(8082),
+        published(container, 8082),
         "--bots",
         str(bots),
         "--inventory",

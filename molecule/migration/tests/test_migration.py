@@ -13,16 +13,14 @@ order:
 """
 
 import json
-import os
 import re
 import shlex
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from infra import host_in, inventory_groups, play_recap, run_playbook, wait_until
+from infra import host_in, inventory_groups, play_recap, published, run_playbook, wait_until
+from load import Load, audit
 
 ROOT = Path(__file__).resolve().parents[3]
 PHASE2 = ROOT / "playbooks" / "phase2-postgres.yml"
@@ -77,14 +75,6 @@ def recap(stdout: str, host: str) -> dict:
     return counts
 
 
-def published(port: int) -> str:
-    container = inventory_groups()["app"][0]
-    out = subprocess.run(
-        ["podman", "port", container, f"{port}/tcp"], capture_output=True, text=True, check=True
-    ).stdout.split()
-    return f"http://{out[0]}"
-
-
 def test_a_refused_copy_stops_before_the_switch(app, db, pg_url):
     # PostgreSQL gets the schema and a bot with an id above SQLite's highest: an id its own
     # sequence gave out, so the app may be writing there already. The copy (--replace)
@@ -128,84 +118,26 @@ def test_check_mode_says_what_the_copy_would_do(app, pg_url):
 
 def test_the_move_under_load_loses_and_duplicates_nothing(app, db, pg_url, tmp_path):
     seeded = app.check_output("/usr/local/sbin/grimbots-manage bots seed --count 5")
-    bots = tmp_path / "bots.json"
-    bots.write_text(json.dumps(json.loads(seeded)["bots"]))
-    reports = tmp_path / "reports"
+    container = inventory_groups()["app"][0]
     # A fixed rate and the retry stage, long enough to span the move; no latency gate (the
     # web restarts on its held socket), but no request may fail.
-    load = subprocess.Popen(
-        [
-            sys.executable,
-            str(ROOT / "loadtest" / "run.py"),
-            "--ramp",
-            "--stage-seconds",
-            "150",
-            "--rate",
-            "40",
-            "--retry-rate",
-            "20",
-            "--host",
-            published(8000),
-            "--psp",
-            published(8082),
-            "--bots",
-            str(bots),
-            "--inventory",
-            os.environ["MOLECULE_INVENTORY_FILE"],
-            "--reports",
-            str(reports),
-            "--max-fail-ratio",
-            "0",
-            "--failures-only",
-            "--no-audit",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=ROOT,
-    )
-    try:
+    with Load(
+        published(container, 8000),
+        published(container, 8082),
+        json.loads(seeded)["bots"],
+        tmp_path,
+        stage_seconds=150,
+    ) as load:
         wait_until(
-            lambda: (
-                (reports / "sent.jsonl").exists()
-                and (reports / "sent.jsonl").stat().st_size > 20_000
-            ),
+            lambda: (tmp_path / "sent.jsonl").stat().st_size > 20_000,
             timeout=120,
             what="the load to be under way",
         )
         done = phase2(pg_url)
         assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
         assert env_url(app).startswith("postgresql+psycopg://")
-        output, _ = load.communicate(timeout=900)
-    finally:
-        if load.poll() is None:
-            load.kill()
-    print(output[-4000:])
-    assert load.returncode == 0, output[-3000:]
-
-    env = {**os.environ, "ANSIBLE_ROLES_PATH": str(ROOT / "roles")}
-    audit = subprocess.run(
-        [
-            "ansible-playbook",
-            "-i",
-            os.environ["MOLECULE_INVENTORY_FILE"],
-            str(ROOT / "playbooks" / "loadtest-audit.yml"),
-            "-e",
-            f"loadtest_sent={reports / 'sent.jsonl'}",
-            "-e",
-            f"loadtest_report={reports / 'audit.txt'}",
-            "-e",
-            "loadtest_drain_timeout=600",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-    )
-    report = (reports / "audit.txt").read_text() if (reports / "audit.txt").exists() else ""
-    print(report[-3000:])
-    assert audit.returncode == 0, audit.stdout[-3000:]
-    assert "OK, 0 lost, 0 duplicated" in report
+        load.finish()
+    audit(tmp_path)
 
     # Every row of the last SQLite backup (taken once nothing wrote to SQLite) is there.
     contained = app.run(
