@@ -24,16 +24,20 @@ import testinfra
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "shared"))
 
-from infra import host_in, inventory_groups, play_recap, rerun_playbook, run_playbook, wait_until
+from infra import (
+    host_in,
+    inventory_groups,
+    measure,
+    play_recap,
+    rerun_playbook,
+    run_playbook,
+    wait_until,
+)
 
 SCENARIO = Path(__file__).resolve().parents[1]
 PKI = Path(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", "/nonexistent")) / "pki"
 SOCKET = "/run/haproxy/admin.sock"
 OUT_OF_ROTATION_LIMIT = 5.0
-
-
-def measure(name, value):
-    print(f"\nMEASURE {name}={value}")
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "shared"))
 
-from infra import host_in, inventory_groups, wait_until
+from infra import host_in, inventory_groups, measure, wait_until
 
 SCENARIO = Path(__file__).resolve().parents[1]
 PROJECT = SCENARIO.parents[1]
@@ -31,10 +31,6 @@ RULES_TESTS = "/etc/prometheus/rules/tests/grimbots.test.yml"
 CHECK_RULES = "/usr/local/sbin/monitoring-check-rules"
 # Scrape and evaluation every 4 s, NoWorkersForQueue `for: 0s`, group_wait 1 s.
 DELIVERY_LIMIT = 30.0
-
-
-def measure(name, value):
-    print(f"\nMEASURE {name}={value}")
 
 
 @pytest.fixture(scope="module")

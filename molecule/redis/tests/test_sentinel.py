@@ -21,7 +21,7 @@ from redis.sentinel import Sentinel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "shared"))
 
-from infra import inventory_groups, rerun_playbook, wait_until
+from infra import inventory_groups, measure, rerun_playbook, wait_until
 
 SCENARIO = Path(__file__).resolve().parents[1]
 APP_PASSWORD = "molecule-app-password"
@@ -29,10 +29,6 @@ ADMIN = "--user admin --pass molecule-admin-password --no-auth-warning"
 MASTER = "grimbots"
 DOWN_AFTER_S = 3.0  # converge.yml's redis_sentinel_down_after_ms
 WRITES_BACK_WITHIN = DOWN_AFTER_S + 2.0
-
-
-def measure(name, value):
-    print(f"\nMEASURE {name}={value}")
 
 
 def host(name):
