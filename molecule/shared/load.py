@@ -11,6 +11,7 @@ import itertools
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -59,8 +60,15 @@ class Load:
 
     def __enter__(self) -> "Load":
         self.log = open(self.reports / "run.log", "w")  # closed in finish()
+        # A session of its own: on a failed test __exit__ stops run.py and its locust child
+        # together (a locust left behind kept writing into the next test's figures).
         self.process = subprocess.Popen(
-            self.command, cwd=PROJECT, stdout=self.log, stderr=subprocess.STDOUT, text=True
+            self.command,
+            cwd=PROJECT,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
         )
         wait_until(lambda: len(self.sent()) >= 20 or self.process.poll() is not None, 60, "load")
         assert self.process.poll() is None, self.read_output()
@@ -68,7 +76,7 @@ class Load:
 
     def __exit__(self, *exc) -> None:
         if self.process and self.process.poll() is None:
-            self.process.terminate()
+            os.killpg(self.process.pid, signal.SIGTERM)
             self.process.wait(30)
 
     def running(self) -> bool:
