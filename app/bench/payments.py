@@ -37,6 +37,7 @@ import orjson
 import psycopg
 import redis
 from grimbots.lab.servers import GRIMBOTS, free_port, gunicorn_command, port_open, wait_until
+from grimbots.statuses import PaymentStatus
 from rq import Queue
 from rq.job import Job
 from servers import add_bot, running_servers
@@ -240,7 +241,9 @@ def main() -> None:
                     "SELECT p.txid, l.chat_id FROM payments p JOIN leads l ON l.id = p.lead_id"
                 ).fetchall()
             )
-            paid = conn.execute("SELECT count(*) FROM payments WHERE status = 'paid'").fetchone()
+            paid = conn.execute(
+                "SELECT count(*) FROM payments WHERE status = %s", (PaymentStatus.PAID,)
+            ).fetchone()
             delivered = conn.execute("SELECT count(*) FROM deliveries").fetchone()
         delivery_at = {}
         per_chat: dict[int, int] = {}

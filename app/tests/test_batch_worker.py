@@ -15,14 +15,20 @@ import pytest
 from grimbots.jobs.maintenance import sweep_abandoned
 from grimbots.lab.servers import wait_until
 from grimbots.models import InboundUpdate, OutboxMessage
-from grimbots.queues import JOB_TIMEOUT_SECONDS, TASKS, UPDATE_RETRY, get_queue, update_job_id
+from grimbots.queues import (
+    JOB_TIMEOUT_SECONDS,
+    PROCESS_UPDATE,
+    TASKS,
+    UPDATE_RETRY,
+    get_queue,
+    update_job_id,
+)
 from grimbots.worker import BatchWorker
 from rq import Queue, SimpleWorker
 from rq.job import Job, JobStatus
 from rq.results import Result
 from support import count, start_message
 
-PROCESS_UPDATE = "grimbots.jobs.updates.process_update"
 # Fields whose values differ between any two runs (times, names), not in their presence.
 PER_RUN_FIELDS = {
     "created_at",

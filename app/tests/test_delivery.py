@@ -9,7 +9,13 @@ import pytest
 from grimbots.jobs.maintenance import sweep_abandoned
 from grimbots.lab.servers import wait_until
 from grimbots.models import Lead, OutboxMessage
-from grimbots.queues import JOB_TIMEOUT_SECONDS, TASKS, UPDATE_RETRY, update_job_id
+from grimbots.queues import (
+    JOB_TIMEOUT_SECONDS,
+    PROCESS_UPDATE,
+    TASKS,
+    UPDATE_RETRY,
+    update_job_id,
+)
 from rq import Queue
 from rq.job import Job
 from sqlalchemy import select
@@ -24,7 +30,7 @@ def enqueue_update(bot, services):
         update_json = orjson.dumps(start_message(update_id, user_id)).decode()
         job_id = update_job_id(bot.id, update_id)
         Queue(TASKS, connection=services.redis.raw).enqueue(
-            "grimbots.jobs.updates.process_update", bot.id, update_id, update_json, job_id=job_id
+            PROCESS_UPDATE, bot.id, update_id, update_json, job_id=job_id
         )
         return job_id
 

@@ -7,8 +7,8 @@ import zlib
 import orjson
 from grimbots.bot_secrets import BotSecretCache
 from grimbots.job_hash import JobHashBuilder
-from grimbots.queues import TASKS
-from grimbots.telegram_ingest import PROCESS_UPDATE, TelegramIngest
+from grimbots.queues import PROCESS_UPDATE, TASKS
+from grimbots.telegram_ingest import TelegramIngest
 from rq import Queue, SimpleWorker
 from rq.job import Job, JobStatus
 

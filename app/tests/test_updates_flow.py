@@ -8,7 +8,7 @@ import httpx
 from grimbots.jobs.gateway import charge_job_id
 from grimbots.lab.servers import wait_until
 from grimbots.models import InboundUpdate, Lead, OutboxMessage
-from grimbots.queues import GATEWAY, TASKS, update_job_id
+from grimbots.queues import GATEWAY, PROCESS_UPDATE, TASKS, update_job_id
 from rq import Queue
 from support import buy_callback, count, post_update, start_message
 
@@ -78,7 +78,7 @@ def test_same_job_run_many_times_in_parallel_sends_once(bot, telegram, start_wor
     update_json = orjson.dumps(start_message(300, user_id=700)).decode()
     for copy in range(6):
         queue.enqueue(
-            "grimbots.jobs.updates.process_update",
+            PROCESS_UPDATE,
             bot.id,
             300,
             update_json,

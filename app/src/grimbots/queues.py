@@ -9,6 +9,9 @@ TASKS = "tasks"  # Telegram updates and outgoing messages
 GATEWAY = "gateway"  # talking to the PSP (issue 4)
 WEBHOOK = "webhook"  # PSP events (issue 4)
 ALL_QUEUES = (TASKS, GATEWAY, WEBHOOK)
+# The job of one Telegram update: the webhook queues it (grimbots.telegram_ingest), the
+# batch worker knows it by this name (grimbots.worker).
+PROCESS_UPDATE = "grimbots.jobs.updates.process_update"
 
 JOB_TIMEOUT_SECONDS = 60
 # Results are not read by anyone; keep them briefly for debugging. Failures stay a week.

@@ -22,7 +22,7 @@ from grimbots.bot_secrets import BotSecretCache
 from grimbots.fast_redis import FastScriptClient
 from grimbots.job_hash import JobHashBuilder
 from grimbots.logs import event
-from grimbots.queues import TASKS, update_job_id
+from grimbots.queues import PROCESS_UPDATE, TASKS, update_job_id
 from grimbots.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,6 @@ MAX_BODY_BYTES = 256 * 1024
 # stored as a 64-bit one. Values outside are refused before any lookup or write.
 MAX_BOT_ID = 2**31 - 1
 MAX_UPDATE_ID = 2**63 - 1
-PROCESS_UPDATE = "grimbots.jobs.updates.process_update"
 NOT_FOUND = error_answer(404, "unknown bot")
 FORBIDDEN = error_answer(403, "bad secret token")
 # One bot's flood must not starve the others: past its admission limit per second an update

@@ -41,11 +41,10 @@ from rq.worker import WorkerStatus
 from grimbots import metrics
 from grimbots.logs import configure_logging
 from grimbots.metrics import mark_process_dead
-from grimbots.queues import ALL_QUEUES, JOB_TIMEOUT_SECONDS, get_queue
+from grimbots.queues import ALL_QUEUES, JOB_TIMEOUT_SECONDS, PROCESS_UPDATE, get_queue
 from grimbots.services import init_services
 from grimbots.settings import Settings
 
-PROCESS_UPDATE = "grimbots.jobs.updates.process_update"
 # Enough to pay RQ's and the database's fixed costs once for many updates, few enough that
 # the batch's replies (sent CONCURRENT_SENDS at a time) all leave within a second.
 BATCH_SIZE = 32

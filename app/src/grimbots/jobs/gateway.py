@@ -35,7 +35,7 @@ from grimbots.jobs.messages import send_one
 from grimbots.jobs.webhook import settle
 from grimbots.logs import event
 from grimbots.models import Lead, Offer, Payment
-from grimbots.pix import ATIVA, ChargeStatus, PspUnavailable
+from grimbots.pix import ATIVA, REMOVIDA_PELO_PSP, ChargeStatus, PspUnavailable
 from grimbots.queues import GATEWAY, get_queue
 from grimbots.services import Services, get_services
 
@@ -298,7 +298,7 @@ def reconcile_one(services: Services, payment_id: uuid.UUID) -> str:
 
 
 def _removed(txid: str, amount_cents: int) -> ChargeStatus:
-    return ChargeStatus(txid, "REMOVIDA_PELO_PSP", amount_cents)
+    return ChargeStatus(txid, REMOVIDA_PELO_PSP, amount_cents)
 
 
 def _long_past_expiry(services: Services, payment_id: uuid.UUID) -> bool:
