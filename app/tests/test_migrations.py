@@ -12,7 +12,8 @@ from grimbots.db import make_engine
 from grimbots.lab.servers import GRIMBOTS
 from grimbots.migrate import current_revision, head_revision, upgrade
 from grimbots.models import Base, Bot, Delivery, Lead, Offer, OutboxMessage, Payment, PaymentEvent
-from sqlalchemy import insert, inspect, update
+from grimbots.statuses import OutboxStatus, PaymentStatus
+from sqlalchemy import insert, inspect, select, update
 from sqlalchemy.exc import IntegrityError
 
 EXPECTED_TABLES = {
@@ -24,6 +25,15 @@ EXPECTED_TABLES = {
     "payments",
     "payment_events",
     "deliveries",
+}
+# An outbox row of bot 1 (status: the column's default).
+OUTBOX_ROW = {
+    "idempotency_key": "k",
+    "bot_id": 1,
+    "chat_id": 1,
+    "kind": "k",
+    "method": "sendMessage",
+    "payload": "{}",
 }
 
 
@@ -84,34 +94,15 @@ def test_constraints_live_in_the_database(fresh_url):
                 },
             ),
             (Offer, {"bot_id": 999, "name": "orphan", "price_cents": 5, "access_link": "x"}),
-            (
-                OutboxMessage,
-                {
-                    "idempotency_key": "k",
-                    "bot_id": 1,
-                    "chat_id": 1,
-                    "kind": "k",
-                    "method": "sendMessage",
-                    "payload": "{}",
-                    "status": "lost",
-                },
-            ),
+            (OutboxMessage, {**OUTBOX_ROW, "status": "lost"}),
         ]
         for model, values in bad_rows:
             with pytest.raises(IntegrityError), engine.begin() as conn:
                 conn.execute(insert(model).values(**values))
-        row = {
-            "idempotency_key": "k",
-            "bot_id": 1,
-            "chat_id": 1,
-            "kind": "k",
-            "method": "sendMessage",
-            "payload": "{}",
-        }
         with engine.begin() as conn:
-            conn.execute(insert(OutboxMessage).values(**row))
+            conn.execute(insert(OutboxMessage).values(**OUTBOX_ROW))
         with pytest.raises(IntegrityError), engine.begin() as conn:
-            conn.execute(insert(OutboxMessage).values(**row))
+            conn.execute(insert(OutboxMessage).values(**OUTBOX_ROW))
     finally:
         engine.dispose()
 
@@ -135,14 +126,46 @@ def test_cli_upgrade_from_any_directory(tmp_path):
     assert current_revision(url) == head_revision()
 
 
+def bot_lead_offer(conn) -> None:
+    """Bot 1 with lead 1 and offer 1, the parents of the payment rows below."""
+    conn.execute(insert(Bot).values(id=1, name="b", token="1:t", webhook_secret="s"))
+    conn.execute(insert(Lead).values(id=1, bot_id=1, telegram_user_id=1, chat_id=1))
+    conn.execute(insert(Offer).values(id=1, bot_id=1, name="o", price_cents=100, access_link="x"))
+
+
+def payment(status: str = "pending", **values) -> dict:
+    """A payment of lead 1 for offer 1 with its own id and txid."""
+    pid = uuid.uuid4()
+    row = {"id": pid, "bot_id": 1, "lead_id": 1, "offer_id": 1, "amount_cents": 100}
+    return row | {"provider": "apipix", "txid": "gb" + pid.hex, "status": status} | values
+
+
+def test_every_status_of_the_code_is_allowed_by_the_migrations(fresh_url):
+    """The migrations keep their own status literals and compare_metadata does not compare
+    CHECK constraints: a status added to grimbots.statuses alone fails here."""
+    upgrade(fresh_url)
+    engine = make_engine(fresh_url)
+    try:
+        with engine.begin() as conn:
+            bot_lead_offer(conn)
+            for status in OutboxStatus.ALL:
+                conn.execute(
+                    insert(OutboxMessage).values(
+                        {**OUTBOX_ROW, "idempotency_key": status, "status": status}
+                    )
+                )
+            for status in PaymentStatus.ALL:
+                conn.execute(insert(Payment).values(**payment(status)))
+        with engine.connect() as conn:
+            assert sorted(conn.scalars(select(OutboxMessage.status))) == sorted(OutboxStatus.ALL)
+            assert sorted(conn.scalars(select(Payment.status))) == sorted(PaymentStatus.ALL)
+    finally:
+        engine.dispose()
+
+
 def test_payment_constraints_live_in_the_database(fresh_url):
     upgrade(fresh_url)
     engine = make_engine(fresh_url)
-
-    def payment(status: str = "pending", **values) -> dict:
-        pid = uuid.uuid4()
-        row = {"id": pid, "bot_id": 1, "lead_id": 1, "offer_id": 1, "amount_cents": 100}
-        return row | {"provider": "apipix", "txid": "gb" + pid.hex, "status": status} | values
 
     def refused(model, values) -> None:
         with pytest.raises(IntegrityError), engine.begin() as conn:
@@ -151,11 +174,7 @@ def test_payment_constraints_live_in_the_database(fresh_url):
     try:
         first = payment()
         with engine.begin() as conn:
-            conn.execute(insert(Bot).values(id=1, name="b", token="1:t", webhook_secret="s"))
-            conn.execute(insert(Lead).values(id=1, bot_id=1, telegram_user_id=1, chat_id=1))
-            conn.execute(
-                insert(Offer).values(id=1, bot_id=1, name="o", price_cents=100, access_link="x")
-            )
+            bot_lead_offer(conn)
             conn.execute(insert(Payment).values(**first))
         refused(Payment, payment())  # a second pending charge for the same lead and offer
         refused(Payment, payment("refunded"))
