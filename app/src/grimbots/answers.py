@@ -67,6 +67,5 @@ def timed(route: str, handler: Callable[[], Answer]) -> Answer:
     """Run a handler and record the HTTP metrics for it (used by the fast path)."""
     started = time.perf_counter()
     answer = handler()
-    metrics.HTTP_LATENCY.labels(route).observe(time.perf_counter() - started)
-    metrics.HTTP_REQUESTS.labels(route, str(answer.status)).inc()
+    metrics.observe_http(route, answer.status, time.perf_counter() - started)
     return answer

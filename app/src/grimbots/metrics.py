@@ -96,6 +96,15 @@ PAYMENTS_EXPIRED = Counter(
     "grimbots_payments_expired_total", "Pending charges given up as expired", ["provider"]
 )
 
+
+def observe_http(route: str, status: int, seconds: float | None) -> None:
+    """One answered HTTP request: counted by route (a URL rule, not a path) and status,
+    and its time observed when known."""
+    if seconds is not None:
+        HTTP_LATENCY.labels(route).observe(seconds)
+    HTTP_REQUESTS.labels(route, str(status)).inc()
+
+
 # Pre-create the label sets we always report, so dashboards see zeros instead of gaps.
 for _outcome, _reason in (("accepted", ""), ("duplicate", "")):
     UPDATES.labels(_outcome, _reason)

@@ -50,9 +50,8 @@ def create_app(settings: Settings) -> Flask:
         # Label by URL rule, not path, so bot ids do not explode the series count.
         route = request.url_rule.rule if request.url_rule is not None else "unmatched"
         started = g.get("started")
-        if started is not None:
-            metrics.HTTP_LATENCY.labels(route).observe(time.perf_counter() - started)
-        metrics.HTTP_REQUESTS.labels(route, str(response.status_code)).inc()
+        seconds = time.perf_counter() - started if started is not None else None
+        metrics.observe_http(route, response.status_code, seconds)
         return response
 
     return app
