@@ -8,13 +8,13 @@ Telegram may have sent the message, so the caller must not send it again.
 
 from __future__ import annotations
 
-import os
-import threading
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import httpx
 import orjson
+
+from grimbots.per_process import PerProcessClient
 
 Outcome = Literal["ok", "retry_after", "transient", "blocked", "rejected", "unknown"]
 
@@ -36,23 +36,17 @@ class ApiResult:
 class TelegramClient:
     def __init__(self, base_url: str, read_timeout: float = 10.0):
         self._base_url = base_url.rstrip("/")
-        self._timeout = httpx.Timeout(read_timeout, connect=CONNECT_TIMEOUT)
-        self._lock = threading.Lock()
-        self._pid: int | None = None
-        self._client: httpx.Client | None = None
+        timeout = httpx.Timeout(read_timeout, connect=CONNECT_TIMEOUT)
+        self._http = PerProcessClient(
+            lambda: httpx.Client(
+                timeout=timeout,
+                limits=httpx.Limits(max_connections=20, keepalive_expiry=KEEPALIVE_EXPIRY),
+            )
+        )
 
     @property
     def client(self) -> httpx.Client:
-        if self._pid != os.getpid():
-            with self._lock:
-                if self._pid != os.getpid():
-                    self._client = httpx.Client(
-                        timeout=self._timeout,
-                        limits=httpx.Limits(max_connections=20, keepalive_expiry=KEEPALIVE_EXPIRY),
-                    )
-                    self._pid = os.getpid()
-        assert self._client is not None
-        return self._client
+        return self._http.get()
 
     def call(self, token: str, method: str, payload: dict[str, Any]) -> ApiResult:
         # The URL carries the token: never log it, and never let httpx's exception text

@@ -10,7 +10,6 @@ GET that times out changed nothing and is "transient".
 from __future__ import annotations
 
 import functools
-import os
 import ssl
 import threading
 import time
@@ -22,6 +21,7 @@ from urllib.parse import quote
 import httpx
 import orjson
 
+from grimbots.per_process import PerProcessClient
 from grimbots.pix.adapter import (
     Callback,
     Charge,
@@ -154,36 +154,27 @@ class ApiPixAdapter:
 
     def __init__(self, settings: PixSettings):
         self._settings = settings
-        self._timeout = httpx.Timeout(settings.read_timeout_seconds, connect=CONNECT_TIMEOUT)
-        self._lock = threading.Lock()
+        self._http = PerProcessClient(self._make_client)
         self._token_lock = threading.Lock()
-        self._pid: int | None = None
-        self._client: httpx.Client | None = None
         self._token: str | None = None
         self._token_expires = 0.0  # time.monotonic() after which we fetch a new one
 
+    def _make_client(self) -> httpx.Client:
+        settings = self._settings
+        return httpx.Client(
+            base_url=settings.base_url,
+            timeout=httpx.Timeout(settings.read_timeout_seconds, connect=CONNECT_TIMEOUT),
+            verify=_tls_context(settings.client_cert_file, settings.client_key_file),
+            limits=httpx.Limits(max_connections=20, keepalive_expiry=KEEPALIVE_EXPIRY),
+        )
+
     @property
     def client(self) -> httpx.Client:
-        if self._pid != os.getpid():
-            with self._lock:
-                if self._pid != os.getpid():
-                    self._client = httpx.Client(
-                        base_url=self._settings.base_url,
-                        timeout=self._timeout,
-                        verify=_tls_context(
-                            self._settings.client_cert_file, self._settings.client_key_file
-                        ),
-                        limits=httpx.Limits(max_connections=20, keepalive_expiry=KEEPALIVE_EXPIRY),
-                    )
-                    self._pid = os.getpid()
-        assert self._client is not None
-        return self._client
+        return self._http.get()
 
     def close(self) -> None:
-        with self._lock:
-            if self._client is not None and self._pid == os.getpid():
-                self._client.close()
-            self._client, self._pid, self._token = None, None, None
+        self._http.close()
+        self._token = None
 
     # --- OAuth2 client credentials -------------------------------------------------
 
