@@ -28,7 +28,7 @@ from grimbots.migrate import upgrade
 from grimbots.models import Bot, Offer
 from grimbots.services import Services, init_services
 from grimbots.settings import Settings, load_settings
-from pix_fixtures import PIX_KEY, WEBHOOK_SECRET, start_sandbox
+from pix_fixtures import PIX_KEY, WEBHOOK_SECRET, adapter_for, start_sandbox
 
 ADMIN_TOKEN = "test-admin-token-0123456789-abcdef"
 TEMPLATE_DB = "grimbots_template"
@@ -161,6 +161,29 @@ def psp(psp_server) -> Psp:
     httpx.delete(f"{psp_server.base_url}/_sandbox/calls").raise_for_status()
     httpx.delete(f"{psp_server.base_url}/_sandbox/charges").raise_for_status()
     return Psp(psp_server)
+
+
+# A stand-in of its own per test and the adapter pointed at it, for the test_pix_* tests that
+# drive the PSP's API directly (faults, expiries, callbacks to a receiver).
+
+
+@pytest.fixture
+def sandbox():
+    server = start_sandbox()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def adapter_read_timeout() -> float:
+    return 2.0
+
+
+@pytest.fixture
+def adapter(sandbox, adapter_read_timeout):
+    adapter = adapter_for(sandbox, read_timeout=adapter_read_timeout)
+    yield adapter
+    adapter.close()
 
 
 # --- The app ---------------------------------------------------------------------------

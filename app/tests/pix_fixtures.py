@@ -1,7 +1,7 @@
 """Helpers for the PIX tests: the PSP stand-in, an adapter pointed at it, a callback receiver.
 
-Imported explicitly by the test_pix_* modules (which wrap them in fixtures), so the shared
-conftest stays untouched.
+conftest.py makes fixtures of them (psp, sandbox, adapter); the test_pix_* modules also
+use them directly.
 """
 
 from __future__ import annotations

@@ -13,21 +13,7 @@ import orjson
 import pytest
 from grimbots.lab.servers import wait_until
 from grimbots.pix import txid_for
-from pix_fixtures import HTTP, PIX_KEY, Receiver, adapter_for, start_sandbox
-
-
-@pytest.fixture
-def sandbox():
-    server = start_sandbox()
-    yield server
-    server.close()
-
-
-@pytest.fixture
-def adapter(sandbox):
-    adapter = adapter_for(sandbox, read_timeout=2.0)
-    yield adapter
-    adapter.close()
+from pix_fixtures import HTTP, PIX_KEY, Receiver
 
 
 def calls(sandbox, endpoint: str) -> list[dict]:

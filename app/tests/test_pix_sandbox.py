@@ -15,7 +15,7 @@ import pytest
 from grimbots.lab.sandbox.pix import PixSandboxConfig, PixSandboxServer
 from grimbots.lab.servers import wait_until
 from grimbots.pix import NotificationMalformed, NotificationUnauthorized, txid_for
-from pix_fixtures import HTTP, PIX_KEY, Receiver, adapter_for, start_sandbox
+from pix_fixtures import HTTP, PIX_KEY, Receiver, start_sandbox
 
 
 @pytest.fixture
@@ -30,13 +30,6 @@ def sandbox(receiver):
     server = start_sandbox(notify_url=receiver.url)
     yield server
     server.close()
-
-
-@pytest.fixture
-def adapter(sandbox):
-    adapter = adapter_for(sandbox)
-    yield adapter
-    adapter.close()
 
 
 def pay(sandbox, **spec) -> dict:
