@@ -1,6 +1,6 @@
 """What the benchmarks start and measure: the servers of one run (grimbots.lab.servers'
-redis-server and throwaway PostgreSQL, the subprocesses), the app's environment and bots,
-and CPU time of process trees from /proc.
+redis-server and throwaway PostgreSQL, the subprocesses), the app's environment on them
+and its bots, and CPU time of process trees from /proc.
 
 Shared by ingest.py, payments.py, e2e.py and worker_cpu.py (scripts, not tests: they
 print numbers for docs/benchmarks.md). Everything listens on 127.0.0.1 only.
@@ -17,7 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
-from grimbots.lab.servers import GRIMBOTS, PostgresCluster, Process, RedisServer, wait_until
+from grimbots.lab.servers import (
+    GRIMBOTS,
+    PostgresCluster,
+    Process,
+    RedisServer,
+    app_env,
+    wait_until,
+)
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -115,6 +122,8 @@ class Servers:
             self.database_url,
             self.redis.url,
             PROMETHEUS_MULTIPROC_DIR=str(prometheus),
+            # A benchmark drives one bot far past its admission limit (grimbots.telegram_ingest).
+            GRIMBOTS_BOT_ADMISSION_PER_SECOND="0",
             **extra,
         )
 
@@ -165,19 +174,6 @@ def running_servers(
         if pg is not None:
             pg.stop()
         shutil.rmtree(work, ignore_errors=True)
-
-
-def app_env(database_url: str, redis_url: str, **extra: str) -> dict[str, str]:
-    """The app's environment: this one's minus any GRIMBOTS_* of the caller, plus these."""
-    return {
-        **{k: v for k, v in os.environ.items() if not k.startswith("GRIMBOTS_")},
-        "GRIMBOTS_DATABASE_URL": database_url,
-        "GRIMBOTS_REDIS_URL": redis_url,
-        "GRIMBOTS_ADMIN_TOKEN": "bench-admin-token-0123456789-abcdef",
-        # A benchmark drives one bot far past its admission limit (grimbots.telegram_ingest).
-        "GRIMBOTS_BOT_ADMISSION_PER_SECOND": "0",
-        **extra,
-    }
 
 
 def add_bot(env: dict[str, str], name: str, token: str, secret: str) -> dict:

@@ -4,7 +4,6 @@ faked."""
 
 from __future__ import annotations
 
-import os
 import secrets
 import signal
 import uuid
@@ -19,6 +18,7 @@ from grimbots.lab.servers import (
     PostgresCluster,
     Process,
     RedisServer,
+    app_env,
     free_port,
     gunicorn_command,
     port_open,
@@ -30,7 +30,6 @@ from grimbots.services import Services, init_services
 from grimbots.settings import Settings, load_settings
 from pix_fixtures import PIX_KEY, WEBHOOK_SECRET, adapter_for, start_sandbox
 
-ADMIN_TOKEN = "test-admin-token-0123456789-abcdef"
 TEMPLATE_DB = "grimbots_template"
 # The tests' databases are throwaway: nothing is flushed to disk.
 NOT_DURABLE = "-c fsync=off -c full_page_writes=off"
@@ -192,26 +191,19 @@ def adapter(sandbox, adapter_read_timeout):
 @pytest.fixture
 def env(database_url, redis_url, telegram, psp) -> dict[str, str]:
     """Environment for the app, in-process (via `settings`) or in subprocesses."""
-    base = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("GRIMBOTS_") and k != "PROMETHEUS_MULTIPROC_DIR"
-    }
-    return {
-        **base,
-        "GRIMBOTS_DATABASE_URL": database_url,
-        "GRIMBOTS_REDIS_URL": redis_url,
-        "GRIMBOTS_ADMIN_TOKEN": ADMIN_TOKEN,
-        "GRIMBOTS_TELEGRAM_API_URL": telegram.url,
-        "GRIMBOTS_TELEGRAM_READ_TIMEOUT_SECONDS": "2",
-        "GRIMBOTS_LOG_LEVEL": "INFO",
-        "GRIMBOTS_PIX_BASE_URL": psp.url,
-        "GRIMBOTS_PIX_CLIENT_ID": psp.config.client_id,
-        "GRIMBOTS_PIX_CLIENT_SECRET": psp.config.client_secret,
-        "GRIMBOTS_PIX_KEY": PIX_KEY,
-        "GRIMBOTS_PIX_WEBHOOK_SECRET": WEBHOOK_SECRET,
-        "GRIMBOTS_PIX_READ_TIMEOUT_SECONDS": "2",
-    }
+    return app_env(
+        database_url,
+        redis_url,
+        GRIMBOTS_TELEGRAM_API_URL=telegram.url,
+        GRIMBOTS_TELEGRAM_READ_TIMEOUT_SECONDS="2",
+        GRIMBOTS_LOG_LEVEL="INFO",
+        GRIMBOTS_PIX_BASE_URL=psp.url,
+        GRIMBOTS_PIX_CLIENT_ID=psp.config.client_id,
+        GRIMBOTS_PIX_CLIENT_SECRET=psp.config.client_secret,
+        GRIMBOTS_PIX_KEY=PIX_KEY,
+        GRIMBOTS_PIX_WEBHOOK_SECRET=WEBHOOK_SECRET,
+        GRIMBOTS_PIX_READ_TIMEOUT_SECONDS="2",
+    )
 
 
 def without_psp(env: dict[str, str]) -> dict[str, str]:

@@ -1,5 +1,5 @@
-"""Helpers for the tests: counting rows, posting updates, the updates Telegram sends. The
-servers, processes and waiting are grimbots.lab.servers'."""
+"""Helpers for the tests: counting rows, posting updates, the updates Telegram sends,
+printing a figure. The servers, processes and waiting are grimbots.lab.servers'."""
 
 from __future__ import annotations
 
@@ -15,6 +15,11 @@ def count(services, model, **filters) -> int:
         query = query.where(getattr(model, name) == value)
     with services.db.session() as session:
         return session.scalar(query)
+
+
+def measure(name: str, value) -> None:
+    """A figure for the log and docs/benchmarks.md (pytest -s shows it)."""
+    print(f"\nMEASURE {name}={value}")
 
 
 def post_update(

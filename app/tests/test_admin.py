@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import ADMIN_TOKEN
+from grimbots.lab.servers import ADMIN_TOKEN
 from grimbots.web import create_wsgi_app
 from werkzeug.test import Client
 

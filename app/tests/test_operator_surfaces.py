@@ -4,8 +4,14 @@ one, which Telegram and the PSP reach, answers them 404 (issue 12)."""
 from __future__ import annotations
 
 import httpx
-from conftest import ADMIN_TOKEN
-from grimbots.lab.servers import Process, free_port, gunicorn_command, port_open, wait_until
+from grimbots.lab.servers import (
+    ADMIN_TOKEN,
+    Process,
+    free_port,
+    gunicorn_command,
+    port_open,
+    wait_until,
+)
 
 
 def test_operator_paths_answer_only_on_the_operator_port(env, tmp_path, bot):

@@ -15,7 +15,6 @@ from __future__ import annotations
 import itertools
 import os
 import signal
-import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
@@ -23,14 +22,13 @@ from pathlib import Path
 
 import orjson
 import pytest
-import redis
-from grimbots.lab.servers import GRIMBOTS, Process, RedisServer, free_port, wait_until
+from grimbots.lab.servers import GRIMBOTS, Process, RedisServer, SentinelServer, wait_until
 from grimbots.models import InboundUpdate
 from grimbots.queues import TASKS, update_job_id
 from grimbots.settings import load_settings
-from grimbots.web import create_wsgi_app
+from grimbots.web import create_wsgi_app, services_of
 from sqlalchemy import select
-from support import start_message
+from support import measure, start_message
 from werkzeug.test import Client
 
 PASSWORD = "ha-test-redis-password-0123"
@@ -39,42 +37,6 @@ MASTER = "grimbots"
 # of the new one, as the redis role's unit does (redis-find-primary before the start).
 DOWN_AFTER_MS = 1000
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
-
-
-def measure(name: str, value) -> None:
-    print(f"\nMEASURE {name}={value}")
-
-
-class SentinelServer:
-    def __init__(self, workdir: Path, primary_port: int):
-        self.port = free_port()
-        self.conf = workdir / f"sentinel-{self.port}.conf"
-        self.primary_port = primary_port
-        self.process: subprocess.Popen | None = None
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, socket_timeout=5, decode_responses=True)
-
-    def start(self) -> None:
-        # Sentinel rewrites its own file (its id, the replicas and Sentinels it found).
-        self.conf.write_text(
-            f"port {self.port}\nbind 127.0.0.1\ndir {self.conf.parent}\n"
-            f"sentinel monitor {MASTER} 127.0.0.1 {self.primary_port} 2\n"
-            f"sentinel down-after-milliseconds {MASTER} {DOWN_AFTER_MS}\n"
-            f"sentinel failover-timeout {MASTER} 10000\n"
-            f"sentinel auth-pass {MASTER} {PASSWORD}\n"
-        )
-        self.process = subprocess.Popen(
-            ["redis-server", str(self.conf), "--sentinel"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_until(lambda: self.client().ping(), timeout=10, what="redis-sentinel")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(10)
 
 
 class Cluster:
@@ -100,7 +62,10 @@ class Cluster:
         )
         self.nodes = {n.port: n for n in (self.primary, self.replica)}
         sentinel_dir = workdir("sentinels")
-        self.sentinels = [SentinelServer(sentinel_dir, self.primary.port) for _ in range(3)]
+        self.sentinels = [
+            SentinelServer(sentinel_dir, self.primary.port, MASTER, PASSWORD, DOWN_AFTER_MS)
+            for _ in range(3)
+        ]
 
     def start(self) -> None:
         self.primary.start()
@@ -335,7 +300,7 @@ def run_failover(cluster, env, bot, services, tmp_path, trigger, name: str) -> N
     finally:
         for worker in workers:
             worker.stop()
-        flask_app.extensions["grimbots"]["services"].db.dispose()
+        services_of(flask_app).db.dispose()
 
 
 def kill_primary(cluster: Cluster) -> None:

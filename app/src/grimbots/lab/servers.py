@@ -1,6 +1,7 @@
-"""The real servers the tests and the benchmarks start: redis-server, a throwaway
-PostgreSQL 15 cluster, gunicorn with the project's config and other subprocesses with
-their output in a file, on free 127.0.0.1 ports; and the one way to wait for them.
+"""The real servers the tests and the benchmarks start: redis-server (and Sentinel), a
+throwaway PostgreSQL 15 cluster, gunicorn with the project's config and other subprocesses
+with their output in a file, on free 127.0.0.1 ports; the app's environment for them; and
+the one way to wait for them.
 
 Used by app/tests (conftest.py and the tests) and app/bench (servers.py and the scripts).
 Everything listens on 127.0.0.1 only.
@@ -27,6 +28,7 @@ BIN = Path(sys.executable).parent  # the virtualenv's: its grimbots and gunicorn
 GRIMBOTS = str(BIN / "grimbots")
 GUNICORN = str(BIN / "gunicorn")
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
+ADMIN_TOKEN = "lab-admin-token-0123456789-abcdef"
 
 
 def free_port() -> int:
@@ -122,6 +124,24 @@ def gunicorn_command(*ports: int, workers: int) -> list[str]:
     ]
 
 
+def app_env(database_url: str, redis_url: str, **extra: str) -> dict[str, str]:
+    """The app's environment, for load_settings() or a subprocess: this process's, without
+    any GRIMBOTS_* or PROMETHEUS_MULTIPROC_DIR of its own, plus the database, Redis, the
+    lab's admin token and `extra`."""
+    inherited = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("GRIMBOTS_") and k != "PROMETHEUS_MULTIPROC_DIR"
+    }
+    return {
+        **inherited,
+        "GRIMBOTS_DATABASE_URL": database_url,
+        "GRIMBOTS_REDIS_URL": redis_url,
+        "GRIMBOTS_ADMIN_TOKEN": ADMIN_TOKEN,
+        **extra,
+    }
+
+
 class RedisServer:
     """redis-server on a free port, no persistence; extra_args (--replicaof PORT, say) and
     a password (for the replication and Sentinel tests)."""
@@ -147,26 +167,30 @@ class RedisServer:
 
     def start(self) -> None:
         auth = ["--requirepass", self.password, "--masterauth", self.password]
+        self._spawn(
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.workdir),
+            *(auth if self.password else []),
+            *self.extra_args,
+        )
+
+    def _spawn(self, *args: str) -> None:
         self.process = subprocess.Popen(
-            [
-                shutil.which("redis-server") or "/usr/bin/redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.workdir),
-                *(auth if self.password else []),
-                *self.extra_args,
-            ],
+            [shutil.which("redis-server") or "/usr/bin/redis-server", *args],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        wait_until(lambda: self.client().ping(), timeout=10, what="redis-server")
+        wait_until(
+            lambda: self.client().ping(), timeout=10, what=f"redis-server on port {self.port}"
+        )
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -178,6 +202,35 @@ class RedisServer:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait(10)
+
+
+class SentinelServer(RedisServer):
+    """`redis-server --sentinel` on a free port, watching the primary `master` at
+    primary_port (quorum 2), with its config file in workdir."""
+
+    def __init__(
+        self, workdir: Path, primary_port: int, master: str, password: str, down_after_ms: int
+    ):
+        super().__init__(workdir)
+        self.conf = workdir / f"sentinel-{self.port}.conf"
+        self.primary_port = primary_port
+        self.master = master
+        self.master_password = password
+        self.down_after_ms = down_after_ms
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port, socket_timeout=5, decode_responses=True)
+
+    def start(self) -> None:
+        # Sentinel rewrites its own file (its id, the replicas and Sentinels it found).
+        self.conf.write_text(
+            f"port {self.port}\nbind 127.0.0.1\ndir {self.workdir}\n"
+            f"sentinel monitor {self.master} 127.0.0.1 {self.primary_port} 2\n"
+            f"sentinel down-after-milliseconds {self.master} {self.down_after_ms}\n"
+            f"sentinel failover-timeout {self.master} 10000\n"
+            f"sentinel auth-pass {self.master} {self.master_password}\n"
+        )
+        self._spawn(str(self.conf), "--sentinel")
 
 
 class PostgresCluster:
