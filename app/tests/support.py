@@ -1,9 +1,12 @@
-"""Helpers for the tests: counting rows, posting updates, the updates Telegram sends,
-printing a figure. The servers, processes and waiting are grimbots.lab.servers'."""
+"""Helpers for the tests: counting rows, waiting until nothing is left to work, posting
+updates, the updates Telegram sends, printing a figure. The servers, processes and
+wait_until are grimbots.lab.servers'."""
 
 from __future__ import annotations
 
 import httpx
+from grimbots.lab.audit import backlog
+from grimbots.lab.servers import wait_until
 
 
 def count(services, model, **filters) -> int:
@@ -15,6 +18,13 @@ def count(services, model, **filters) -> int:
         query = query.where(getattr(model, name) == value)
     with services.db.session() as session:
         return session.scalar(query)
+
+
+def wait_drained(services, timeout: float = 15.0) -> None:
+    """Wait until nothing is left to work (grimbots.lab.audit.backlog: no job queued,
+    running, scheduled for a retry or dequeued, no outbox row pending): whatever a job
+    was still to do has been done, so a count taken next is final."""
+    wait_until(lambda: not any(backlog(services).values()), timeout, "nothing left to work")
 
 
 def measure(name: str, value) -> None:

@@ -27,7 +27,7 @@ from grimbots.worker import BatchWorker
 from rq import Queue, SimpleWorker
 from rq.job import Job, JobStatus
 from rq.results import Result
-from support import count, start_message
+from support import count, start_message, wait_drained
 
 # Fields whose values differ between any two runs (times, names), not in their presence.
 PER_RUN_FIELDS = {
@@ -150,7 +150,7 @@ def test_worker_killed_mid_batch_leaves_every_job_for_the_sweep(
         timeout=30,
         what="re-runs finished",
     )
-    time.sleep(0.5)
+    wait_drained(services)
     assert [len(telegram.calls("sendMessage", chat_id=920 + i)) for i in range(3)] == [1, 1, 1]
     assert count(services, InboundUpdate, bot_id=bot.id) == 3
     assert count(services, OutboxMessage, bot_id=bot.id, status="sending") == 3

@@ -31,6 +31,7 @@ from typing import Any, NamedTuple
 
 import httpx
 import orjson
+from redis import Redis
 from rq.registry import ScheduledJobRegistry, StartedJobRegistry
 from sqlalchemy import Row, func, select
 from sqlalchemy.orm import Session
@@ -79,17 +80,22 @@ def read_sent(lines: list[str]) -> list[dict[str, Any]]:
     return [orjson.loads(line) for line in lines if line.strip()]
 
 
-def backlog(services: Services) -> dict[str, int]:
-    """Jobs still queued, running or scheduled, and rows still waiting to be worked."""
-    raw = services.redis.raw
+def jobs_left(redis: Redis, queues: tuple[str, ...] = ALL_QUEUES) -> dict[str, int]:
+    """Jobs of `queues` still queued, running or scheduled (a retry), from Redis alone."""
     left: dict[str, int] = {}
-    for name in ALL_QUEUES:
-        queue = get_queue(name, raw)
+    for name in queues:
+        queue = get_queue(name, redis)
         left[f"{name} queued"] = queue.count
         left[f"{name} running"] = StartedJobRegistry(queue=queue).count
         left[f"{name} scheduled"] = ScheduledJobRegistry(queue=queue).count
         # Dequeued but not started: normally for microseconds; longer if its worker died.
         left[f"{name} dequeued"] = len(queue.intermediate_queue.get_job_ids())
+    return left
+
+
+def backlog(services: Services) -> dict[str, int]:
+    """Jobs still queued, running or scheduled, and rows still waiting to be worked."""
+    left = jobs_left(services.redis.raw)
     with services.db.session() as session:
         left["outbox pending"] = session.scalar(
             select(func.count())
