@@ -39,6 +39,7 @@ import httpx
 import orjson
 import psycopg
 import redis
+from grimbots.lab.audit import jobs_left
 from grimbots.lab.servers import (
     GRIMBOTS,
     free_port,
@@ -46,8 +47,8 @@ from grimbots.lab.servers import (
     port_open,
     wait_until,
 )
+from grimbots.queues import TASKS
 from openloop import open_loop
-from rq import Queue
 from servers import Servers, load_average, running_servers, seed_bots, tree_cpu
 
 REPO = Path(__file__).resolve().parents[2]
@@ -130,12 +131,8 @@ def run_step(args, step: int, rate: float, ctx: dict) -> dict:
         )
     sent_until = door["t0_wall"] + door["sent"] / rate  # the last update's send time
 
-    tasks = Queue("tasks", connection=r)
-    keys = (tasks.key, tasks.intermediate_queue_key)  # a dequeued job sits in the latter
-    started = tasks.started_job_registry.key  # until it is here (running)
-
     def drained() -> bool:
-        return sum(r.llen(k) for k in keys) == 0 and r.zcard(started) == 0
+        return not any(jobs_left(r, (TASKS,)).values())
 
     wait_until(drained, args.drain_timeout, f"the tasks queue to drain at {rate:g}/s", 0.25)
     drained_at = time.time()
