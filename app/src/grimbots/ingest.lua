@@ -10,8 +10,8 @@
 -- retries it).
 
 -- The job hash fields that are the same for every update, filled in from a real RQ Job
--- when the process starts (grimbots.ingest): sending them as arguments on every request
--- cost more client CPU than all the rest of the webhook.
+-- when the process starts (grimbots.telegram_ingest, grimbots.job_hash): sending them as
+-- arguments on every request cost more client CPU than all the rest of the webhook.
 local constant_fields = { --[[CONSTANT_JOB_FIELDS]] }
 
 -- Before the dedupe key: a refused update must look new when Telegram sends it again.
