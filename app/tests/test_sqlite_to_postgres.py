@@ -15,10 +15,9 @@ from pathlib import Path
 
 import orjson
 import pytest
-from conftest import ADMIN_TOKEN
 from grimbots import sqlite_to_postgres as move
 from grimbots.db import make_engine
-from grimbots.lab.servers import GRIMBOTS
+from grimbots.lab.servers import ADMIN_TOKEN, GRIMBOTS
 from grimbots.migrate import current_revision, head_revision, upgrade
 from grimbots.models import (
     Bot,
