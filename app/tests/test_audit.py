@@ -9,6 +9,7 @@ import subprocess
 import httpx
 import orjson
 from conftest import without_psp
+from grimbots import outbox
 from grimbots.lab.servers import GRIMBOTS, Process, free_port, port_open, wait_until
 from grimbots.models import OutboxMessage, Payment
 from grimbots.queues import ALL_QUEUES
@@ -75,11 +76,23 @@ def test_audit_passes_on_a_real_flow_and_catches_a_duplicate_delivery(
             )
         )
         welcome.status = "sending"
-        lead_id = welcome.lead_id
+        welcome_id, lead_id = welcome.id, welcome.lead_id
     result = grimbots(env, *audit)
     assert result.returncode == 0, result.stdout
     assert re.search(r"messages interrupted by a killed worker +1\n", result.stdout)
     assert re.search(r"of which reached the stand-in +1\n", result.stdout)
+    # A call that timed out after it went out is failed and never re-sent (outcome unknown):
+    # the same, delivered if it arrived. Failed for any other reason, it was not sent.
+    for error, timed_out in ((f"{outbox.OUTCOME_UNKNOWN}: ReadTimeout", 1), ("400: bad", 0)):
+        with services.db.session() as session:
+            row = session.get(OutboxMessage, welcome_id)
+            row.status, row.error = "failed", error
+        result = grimbots(env, *audit)
+        assert result.returncode == (0 if timed_out else 1), result.stdout
+        counted = rf"messages whose call timed out \(outcome unknown\) +{timed_out}\n"
+        assert re.search(counted, result.stdout), result.stdout
+    with services.db.session() as session:
+        session.get(OutboxMessage, welcome_id).status = "sending"
     with services.db.session() as session:
         session.add(
             OutboxMessage(
@@ -94,7 +107,7 @@ def test_audit_passes_on_a_real_flow_and_catches_a_duplicate_delivery(
             )
         )
     result = grimbots(env, *audit)
-    assert result.returncode == 1 and "interrupted, stand-in received) differ" in result.stdout
+    assert result.returncode == 1 and "outcome unknown, stand-in received) differ" in result.stdout
     with services.db.session() as session:
         session.execute(delete(OutboxMessage).where(OutboxMessage.kind == "lost"))
 

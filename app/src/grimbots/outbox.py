@@ -241,6 +241,20 @@ def mark_failed(db: Database, outbox_id: int, error: str) -> bool:
     return _finish(db, outbox_id, status=OutboxStatus.FAILED, error=error[:1000])
 
 
+# The reason of a row whose call may have reached Telegram (a timeout after the request went
+# out): it is never re-sent, and whether it arrived is unknown, as for a row a killed worker
+# left in `sending` (the load test's audit settles both against the stand-in).
+OUTCOME_UNKNOWN = "outcome unknown, not re-sent"
+
+
+def mark_outcome_unknown(db: Database, outbox_id: int, detail: str) -> bool:
+    return mark_failed(db, outbox_id, f"{OUTCOME_UNKNOWN}: {detail}")
+
+
+def failed_with_unknown_outcome(status: str, error: str | None) -> bool:
+    return status == OutboxStatus.FAILED and (error or "").startswith(OUTCOME_UNKNOWN)
+
+
 def release(db: Database, outbox_id: int, error: str) -> bool:
     """Back to pending after a call known not to have been delivered (429, 5xx, refused)."""
     return _finish(db, outbox_id, status=OutboxStatus.PENDING, error=error[:1000])

@@ -180,7 +180,7 @@ def settle(
         return "failed", None
 
     if result.outcome == "unknown":
-        outbox.mark_failed(services.db, outbox_id, f"{result.description}; not re-sent")
+        outbox.mark_outcome_unknown(services.db, outbox_id, result.description)
         event(
             log,
             logging.WARNING,

@@ -8,9 +8,10 @@ answered 200:
 - it produced exactly one reply (one outbox row per reply, in status `sent`);
 - the stand-in received exactly as many sendMessage calls per chat as the outbox sent to
   that chat, and exactly one answerCallbackQuery per callback query;
-- a row left in `sending` (its worker was killed during the call: the outcome is unknown
-  to the app, which never re-sends it) is settled against the stand-in: it counts as
-  delivered if the call arrived, and as lost if it did not;
+- a row whose outcome is unknown to the app, which never re-sends it (left in `sending`
+  by a worker killed during the call, or failed because the call timed out after it went
+  out) is settled against the stand-in: it counts as delivered if the call arrived, and as
+  lost if it did not;
 and that nothing was processed that was never sent. The payment side (when a PSP is
 configured; it reads the PSP stand-in's records) checks that:
 - no lead has two pending charges for one offer, and every charge at the PSP is one of our
@@ -37,6 +38,7 @@ from sqlalchemy import Row, func, select
 from sqlalchemy.orm import Session
 
 from grimbots.models import Delivery, InboundUpdate, Lead, OutboxMessage, Payment, PaymentEvent
+from grimbots.outbox import failed_with_unknown_outcome
 from grimbots.payments import CODE_KIND, CODE_NOT_SENT
 from grimbots.queues import ALL_QUEUES, get_queue
 from grimbots.services import Services
@@ -45,7 +47,8 @@ from grimbots.statuses import PAID_STATUSES, OutboxStatus, PaymentStatus
 # Kinds of update that get one sendMessage reply; a buy callback gets answerCallbackQuery.
 MESSAGE_KINDS = {"start", "text"}
 # A message's outbox row is `sent`, or `sending` when its worker was killed during the
-# call (the outcome unknown to the app, settled against the stand-in); never anything else.
+# call, or failed with an unknown outcome when the call timed out (either way the outcome
+# is unknown to the app and settled against the stand-in); never anything else.
 DELIVERED_OR_UNKNOWN = (OutboxStatus.SENT, OutboxStatus.SENDING)
 # The outcomes of the payment event that wins its payment (grimbots.payments).
 WINNING_OUTCOMES = ("confirmed", "late")
@@ -209,9 +212,10 @@ class Outbox:
     """The outbox rows of the run's bots: each accepted update's replies, and the
     sendMessage rows per chat (payment messages, keys pix:..., count there too)."""
 
-    replies: dict[Key, list[tuple[str, str]]]  # (method, status) of each reply
+    replies: dict[Key, list[tuple[str, bool]]]  # (method, sent or outcome unknown)
     sent_per_chat: Counter[int]
     interrupted_per_chat: Counter[int]  # left in `sending`: its worker was killed mid-call
+    timed_out_per_chat: Counter[int]  # failed, outcome unknown: the call timed out
 
 
 def read_outbox(session: Session, log: SentLog) -> Outbox:
@@ -221,21 +225,25 @@ def read_outbox(session: Session, log: SentLog) -> Outbox:
             OutboxMessage.chat_id,
             OutboxMessage.method,
             OutboxMessage.status,
+            OutboxMessage.error,
         ).where(OutboxMessage.bot_id.in_(log.bots))
     )
-    outbox = Outbox(defaultdict(list), Counter(), Counter())
-    for key, chat_id, method, status in rows:
+    outbox = Outbox(defaultdict(list), Counter(), Counter(), Counter())
+    for key, chat_id, method, status, error in rows:
+        timed_out = failed_with_unknown_outcome(status, error)
         if method == "sendMessage" and status == OutboxStatus.SENT:
             outbox.sent_per_chat[chat_id] += 1
         elif method == "sendMessage" and status == OutboxStatus.SENDING:
             outbox.interrupted_per_chat[chat_id] += 1
+        elif method == "sendMessage" and timed_out:
+            outbox.timed_out_per_chat[chat_id] += 1
         # Update replies' keys are tg:<bot>:<chat>:<update>:<kind> (grimbots.outbox).
         if not key.startswith("tg:"):
             continue
         _, bot, _chat, update, _kind = key.split(":", 4)
         bot_update = (int(bot), int(update))
         if bot_update in log.accepted:
-            outbox.replies[bot_update].append((method, status))
+            outbox.replies[bot_update].append((method, status in DELIVERED_OR_UNKNOWN or timed_out))
     return outbox
 
 
@@ -289,7 +297,7 @@ def check_processing(log: SentLog, processed: Counter[Key]) -> Processing:
 class Replies(NamedTuple):
     missing: list[Key]
     more_than_one: list[Key]
-    unsent: list[Key]  # a reply neither sent nor interrupted (pending or failed)
+    unsent: list[Key]  # a reply neither sent nor of unknown outcome (pending or failed)
 
 
 def check_replies(log: SentLog, outbox: Outbox) -> Replies:
@@ -304,32 +312,35 @@ def check_replies(log: SentLog, outbox: Outbox) -> Replies:
             missing.append(key)
         elif n > 1:
             more_than_one.append(key)
-        if any(status not in DELIVERED_OR_UNKNOWN for _, status in replies):
+        if not all(settled for _, settled in replies):
             unsent.append(key)
     return Replies(missing, more_than_one, unsent)
 
 
 class ChatMessages(NamedTuple):
-    # (chat, outbox sent, interrupted, stand-in received) where they do not add up
+    # (chat, outbox sent, outcome unknown, stand-in received) where they do not add up
     mismatch: list[tuple[int, int, int, int]]
     interrupted: int
-    interrupted_arrived: int
+    timed_out: int
+    unknown_arrived: int
 
 
 def check_chat_messages(chats: set[int], outbox: Outbox, stand_in: StandIn) -> ChatMessages:
-    """Per chat the stand-in must hold every `sent` row and every interrupted one: fewer
-    calls means a message was lost, more means one was duplicated."""
-    sent, interrupted = outbox.sent_per_chat, outbox.interrupted_per_chat
-    received = stand_in.messages_per_chat
+    """Per chat the stand-in must hold every `sent` row and every row whose outcome is
+    unknown (interrupted or timed out: it was never re-sent, so it counts once if it
+    arrived): fewer calls means a message was lost, more means one was duplicated."""
+    sent, received = outbox.sent_per_chat, stand_in.messages_per_chat
+    unknown = outbox.interrupted_per_chat + outbox.timed_out_per_chat
     return ChatMessages(
         mismatch=sorted(
-            (chat, sent[chat], interrupted[chat], received[chat])
+            (chat, sent[chat], unknown[chat], received[chat])
             for chat in chats
-            if received[chat] != sent[chat] + interrupted[chat]
+            if received[chat] != sent[chat] + unknown[chat]
         ),
-        interrupted=sum(interrupted[chat] for chat in chats),
-        interrupted_arrived=sum(
-            min(max(received[chat] - sent[chat], 0), interrupted[chat]) for chat in chats
+        interrupted=sum(outbox.interrupted_per_chat[chat] for chat in chats),
+        timed_out=sum(outbox.timed_out_per_chat[chat] for chat in chats),
+        unknown_arrived=sum(
+            min(max(received[chat] - sent[chat], 0), unknown[chat]) for chat in chats
         ),
     )
 
@@ -395,7 +406,8 @@ def audit_updates(
         "updates without their reply": len(replies.missing),
         "updates with more than one reply": len(replies.more_than_one),
         "messages interrupted by a killed worker": messages.interrupted,
-        "of which reached the stand-in": messages.interrupted_arrived,
+        "messages whose call timed out (outcome unknown)": messages.timed_out,
+        "of which reached the stand-in": messages.unknown_arrived,
         "chats whose message count differs at the stand-in": len(messages.mismatch),
     }
     report.add_problems(
@@ -405,7 +417,7 @@ def audit_updates(
         ("no reply in the outbox", replies.missing),
         ("more than one reply in the outbox", replies.more_than_one),
         ("outbox rows not in status sent", replies.unsent),
-        ("chat (outbox sent, interrupted, stand-in received) differ", messages.mismatch),
+        ("chat (outbox sent, outcome unknown, stand-in received) differ", messages.mismatch),
         ("callback queries not answered exactly once", callbacks.not_once),
     )
 
