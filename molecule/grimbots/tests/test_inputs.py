@@ -42,7 +42,7 @@ def test_redis_without_a_password_is_refused(tmp_path):
         yaml.safe_dump(
             {
                 "all": {
-                    "hosts": {name: {"ansible_connection": "containers.podman.podman"}},
+                    "hosts": {name: {"ansible_connection": "podman_nsenter"}},
                     "children": {"redis": {"hosts": {name: {}}}},
                 }
             }

@@ -6,11 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import testinfra
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "shared"))
 
-from infra import inventory_groups
+from infra import container, inventory_groups
 
 ROOT = Path(__file__).resolve().parents[3]
 APP_PASSWORD = "molecule-app-password-0123"
@@ -18,16 +16,14 @@ REPLICATION_PASSWORD = "molecule-replication-password"
 
 
 def hosts() -> dict:
-    """primary, replica and client, through testinfra's podman backend."""
+    """primary, replica and client, and their container names."""
     groups = inventory_groups()
     names = {
         "primary": next(n for n in groups["postgres"] if n.endswith("-pg-primary")),
         "replica": next(n for n in groups["postgres"] if n.endswith("-pg-replica")),
         "client": groups["app"][0],
     }
-    return {role: testinfra.get_host(f"podman://{name}") for role, name in names.items()} | {
-        "names": names
-    }
+    return {role: container(name) for role, name in names.items()} | {"names": names}
 
 
 def sql(host, query: str, port: int = 5432, db: str = "grimbots"):
