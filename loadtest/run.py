@@ -19,14 +19,20 @@ nothing. Under --chaos the throughput stage is gated on its fail ratio only: the
 the restart are there to hurt latency and rate, and no request may fail.
 HTML and CSV reports per stage go to --reports. Exit code 1 if any gate is missed
 or the audit finds a loss or a duplicate.
+
+SIGUSR1 wraps the run up: the running stage ends now (its users finish the request they
+are in, as at a stage's normal end) and each stage left runs --wrap-up-seconds, so a test
+that loads the stack while something happens stops when that something is over.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import os
 import random
+import signal
 import subprocess
 import sys
 import threading
@@ -86,7 +92,29 @@ def plan(args: argparse.Namespace) -> list[Stage]:
     return stages
 
 
-def run_stage(stage: Stage, args: argparse.Namespace) -> Result:
+class WrapUp:
+    """SIGUSR1: end the running stage's locust (SIGTERM: it stops its users gracefully and
+    writes its figures) and shorten the stages left."""
+
+    def __init__(self) -> None:
+        self.asked = False
+        self.locust: subprocess.Popen | None = None
+        signal.signal(signal.SIGUSR1, self.ask)
+
+    def ask(self, *_) -> None:
+        self.asked = True
+        if self.locust and self.locust.poll() is None:
+            self.locust.terminate()
+
+    def run(self, command: list[str], env: dict[str, str]) -> None:
+        self.locust = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
+        if self.asked:  # asked between two stages
+            self.locust.terminate()
+        if self.locust.wait() not in (0, -signal.SIGTERM):
+            raise subprocess.CalledProcessError(self.locust.returncode, command)
+
+
+def run_stage(stage: Stage, args: argparse.Namespace, wrap_up: WrapUp) -> Result:
     prefix = args.reports / stage.name
     env = dict(
         os.environ,
@@ -134,7 +162,7 @@ def run_stage(stage: Stage, args: argparse.Namespace) -> Result:
     chaos = Chaos(args) if args.chaos and stage.name == "throughput" else None
     if chaos:
         chaos.start()
-    subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL)
+    wrap_up.run(command, env)
     if chaos:
         chaos.stop()
     return read_result(stage, prefix, args, chaos)
@@ -344,6 +372,9 @@ def main() -> int:
     parser.add_argument("--audit", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--drain-timeout", type=float, default=1800.0)
     parser.add_argument(
+        "--wrap-up-seconds", type=int, default=10, help="each stage left after SIGUSR1"
+    )
+    parser.add_argument(
         "--failures-only",
         action="store_true",
         help="gate every stage on its fail ratio only: for tests on a shared machine, where "
@@ -370,8 +401,11 @@ def main() -> int:
     (args.reports.parent / "last-run").write_text(f"{args.reports}\n")
 
     results = []
+    wrap_up = WrapUp()
     for stage in plan(args):
-        result = run_stage(stage, args)
+        if wrap_up.asked:
+            stage = dataclasses.replace(stage, seconds=min(stage.seconds, args.wrap_up_seconds))
+        result = run_stage(stage, args, wrap_up)
         results.append(result)
         for error in result.errors:
             print(f"    {error}")

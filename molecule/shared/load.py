@@ -86,6 +86,13 @@ class Load:
         self.log.flush()
         return (self.reports / "run.log").read_text()
 
+    def wrap_up(self, timeout: float = 900) -> str:
+        """The event under test is over: end the running stage now, run the retry stage
+        briefly (loadtest/run.py's SIGUSR1), then finish()."""
+        assert self.running(), "the load ended before the event under test did"
+        self.process.send_signal(signal.SIGUSR1)
+        return self.finish(timeout)
+
     def finish(self, timeout: float = 900) -> str:
         """Wait for the run to end; it must pass (its gates: the fail ratio). Its output."""
         assert self.process is not None
@@ -109,6 +116,10 @@ class Load:
         for row in self.sent():
             counts[row["status"]] = counts.get(row["status"], 0) + 1
         return counts
+
+    def answered_since(self, since: float) -> int:
+        """Requests answered 200 from `since` (a Unix time) on."""
+        return sum(1 for row in self.sent() if row["status"] == 200 and row["at"] >= since)
 
     def answer_gap(self, since: float) -> float:
         """The longest time without an accepted webhook (HTTP 200) from `since` on, in
