@@ -119,14 +119,15 @@ def test_check_mode_says_what_the_copy_would_do(app, pg_url):
 def test_the_move_under_load_loses_and_duplicates_nothing(app, db, pg_url, tmp_path):
     seeded = app.check_output("/usr/local/sbin/grimbots-manage bots seed --count 5")
     container = inventory_groups()["app"][0]
-    # A fixed rate and the retry stage, long enough to span the move; no latency gate (the
-    # web restarts on its held socket), but no request may fail.
+    # A fixed rate through the move and on after it; no latency gate (the web restarts on
+    # its held socket), but no request may fail. The stages are an upper bound: the load
+    # wraps up once the app has answered a while on PostgreSQL.
     with Load(
         published(container, 8000),
         published(container, 8082),
         json.loads(seeded)["bots"],
         tmp_path,
-        stage_seconds=150,
+        stage_seconds=900,
     ) as load:
         wait_until(
             lambda: (tmp_path / "sent.jsonl").stat().st_size > 20_000,
@@ -134,9 +135,11 @@ def test_the_move_under_load_loses_and_duplicates_nothing(app, db, pg_url, tmp_p
             what="the load to be under way",
         )
         done = phase2(pg_url)
+        switched = time.time()
         assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
         assert env_url(app).startswith("postgresql+psycopg://")
-        load.finish()
+        wait_until(lambda: load.answered_since(switched) >= 400, 120, "answers on PostgreSQL")
+        load.wrap_up()
     audit(tmp_path)
 
     # Every row of the last SQLite backup (taken once nothing wrote to SQLite) is there.
