@@ -18,7 +18,15 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "shared"))
 
-from infra import host_in, inventory_groups, measure, output, run_playbook, wait_until
+from infra import (
+    host_in,
+    inventory_groups,
+    measure,
+    output,
+    private_address,
+    run_playbook,
+    wait_until,
+)
 
 CONVERGE = "molecule/grimbots/converge.yml"
 FLEET = {"tasks": 5, "gateway": 3, "webhook": 3}
@@ -43,8 +51,7 @@ def redis():
 @pytest.fixture(scope="module")
 def address(app):
     """The app host's private address: gunicorn and the stand-in listen there."""
-    out = app.check_output("ip -4 -o addr show dev eth0")
-    return out.split()[3].split("/")[0]
+    return private_address(app)
 
 
 @pytest.fixture(scope="module")

@@ -5,17 +5,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "shared"))
 
-from infra import attach_journal_on_failure
+from infra import APP_JOURNALS, attach_journal_on_failure
 
-# Quoted: the journal helper passes them through a shell.
 JOURNALS = {
-    "app": [
-        "grimbots-web",
-        "'rq-worker@*'",
-        "'grimbots-sandbox@*'",
-        "grimbots-health-alert",
-        "grimbots-reconcile",
-    ],
+    "app": APP_JOURNALS,
     "redis": ["redis-server"],
     "postgres": ["postgresql@15-main"],
 }

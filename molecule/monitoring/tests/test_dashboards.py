@@ -14,7 +14,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "shared"))
 
 import dashboards
-from infra import host_in, inventory_groups, wait_until
+from infra import host_in, inventory_groups, measure, private_address, wait_until
 
 # Exporters this scenario runs (no PostgreSQL, PgBouncer, HAProxy or pgBackRest here).
 AVAILABLE = {"grimbots", "node", "redis", "sentinel", "prometheus", "alertmanager"}
@@ -71,7 +71,7 @@ def traffic():
     """One /start update through the app: a job runs and a message is sent, so the job and
     send counters exist (they appear with their first sample)."""
     app = host_in("app")
-    ip = app.check_output("ip -4 -o addr show dev eth0").split()[3].split("/")[0]
+    ip = private_address(app)
     # The credentials on stdin, as the CLI requires (never on a command line).
     credentials = shlex.quote(
         json.dumps({"token": "100000001:monitoring-bot", "secret": "monitoring-webhook-secret"})
@@ -117,7 +117,8 @@ def test_every_panel_query_returns_data(prometheus_url, traffic):
     results, missing = empty()
     assert not missing, [(r.query.name, r.error) for r in missing]
     skipped = len(dashboards.queries(dashboards.load())) - len(selected)
-    print(f"\nMEASURE dashboard_queries_with_data={len(results)} skipped_no_exporter={skipped}")
+    measure("dashboard_queries_with_data", len(results))
+    measure("dashboard_queries_skipped_no_exporter", skipped)
 
 
 def test_a_wrong_query_is_caught(prometheus_url):

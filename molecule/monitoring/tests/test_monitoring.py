@@ -20,7 +20,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "shared"))
 
-from infra import host_in, inventory_groups, measure, wait_until
+from infra import host_in, inventory_groups, measure, private_address, wait_until
 
 SCENARIO = Path(__file__).resolve().parents[1]
 PROJECT = SCENARIO.parents[1]
@@ -48,10 +48,6 @@ def redis():
     return host_in("redis")
 
 
-def address(host):
-    return host.check_output("ip -4 -o addr show dev eth0").split()[3].split("/")[0]
-
-
 def get_json(host, url):
     out = host.run(shlex.join(["curl", "-sS", "-m", "5", url]))
     assert out.rc == 0, out.stderr
@@ -60,17 +56,17 @@ def get_json(host, url):
 
 @pytest.fixture(scope="module")
 def prometheus(prom):
-    return f"http://{address(prom)}:9090"
+    return f"http://{private_address(prom)}:9090"
 
 
 @pytest.fixture(scope="module")
 def alertmanager(prom):
-    return f"http://{address(prom)}:9093"
+    return f"http://{private_address(prom)}:9093"
 
 
 @pytest.fixture(scope="module")
 def sandbox(app):
-    return f"http://{address(app)}:8081"
+    return f"http://{private_address(app)}:8081"
 
 
 def messages(app, sandbox, chat_id, since=0.0):
@@ -115,11 +111,11 @@ def wait_for_alert(condition, what, prom, prometheus, alertmanager):
 
 def test_exporters_listen_on_the_private_address_only(app, redis, prom):
     for host, ports in ((app, [9100]), (redis, [9100, 9121]), (prom, [9100, 9090, 9093])):
-        ip = address(host)
+        ip = private_address(host)
         for port in ports:
             assert host.socket(f"tcp://{ip}:{port}").is_listening, (ip, port)
             assert not host.socket(f"tcp://0.0.0.0:{port}").is_listening, port
-    metrics = redis.check_output(f"curl -sS -m 5 http://{address(redis)}:9121/metrics")
+    metrics = redis.check_output(f"curl -sS -m 5 http://{private_address(redis)}:9121/metrics")
     assert "\nredis_up 1" in metrics
 
 

@@ -5,6 +5,7 @@ import json
 import re
 
 import pytest
+from infra import measure
 from pg import ROOT, hosts, playbook, sql, value
 
 STANZA = "grimbots"
@@ -121,10 +122,8 @@ def test_the_drill_restores_what_the_source_held_while_it_is_written_to(primary)
         " | grep '\"restore_drill\"' | tail -1"
     ).stdout
     result = json.loads(line)
-    print(
-        f"MEASURE restore drill: RTO {result['rto_seconds']} s,"
-        f" total {result['total_seconds']} s, {result['tables']} tables, {result['rows']} rows"
-    )
+    for figure in ("rto_seconds", "total_seconds", "tables", "rows"):
+        measure(f"restore_drill_{figure}", result[figure])
     assert result["result"] == "ok", result
     assert result["rows"] > 5000 and result["tables"] >= 1
     assert metric(primary, "grimbots_restore_drill_success", "grimbots_restore_drill.prom") == 1

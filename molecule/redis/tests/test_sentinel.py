@@ -16,12 +16,11 @@ from pathlib import Path
 
 import pytest
 import redis
-import testinfra
 from redis.sentinel import Sentinel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "shared"))
 
-from infra import inventory_groups, measure, rerun_playbook, wait_until
+from infra import container, inventory_groups, measure, private_address, rerun_playbook, wait_until
 
 SCENARIO = Path(__file__).resolve().parents[1]
 APP_PASSWORD = "molecule-app-password"
@@ -31,17 +30,13 @@ DOWN_AFTER_S = 3.0  # converge.yml's redis_sentinel_down_after_ms
 WRITES_BACK_WITHIN = DOWN_AFTER_S + 2.0
 
 
-def host(name):
-    return testinfra.get_host(f"podman://{name}")
-
-
 def address(name) -> str:
-    return host(name).check_output("ip -4 -o addr show dev eth0").split()[3].split("/")[0]
+    return private_address(container(name))
 
 
 @pytest.fixture(scope="module")
 def servers() -> dict[str, str]:
-    """Container name -> address, the initial primary first."""
+    """Container name -> address."""
     return {name: address(name) for name in inventory_groups()["redis"]}
 
 
@@ -51,7 +46,7 @@ def sentinels() -> list[str]:
 
 
 def cli(name, args, port=6379):
-    return host(name).check_output(f"redis-cli -h 127.0.0.1 -p {port} {args}")
+    return container(name).check_output(f"redis-cli -h 127.0.0.1 -p {port} {args}")
 
 
 def replication(name) -> dict[str, str]:
@@ -75,6 +70,16 @@ def current_primary(sentinels) -> str | None:
 
 def name_of(servers, ip) -> str:
     return next(name for name, address in servers.items() if address == ip)
+
+
+def primary_and_replica(servers, sentinels) -> tuple[str, str]:
+    """The container names of the primary the Sentinels agree on and of its replica, in
+    sync: each test starts from what the one before it left (a failover swaps them)."""
+    wait_until(lambda: current_primary(sentinels), 30, "the Sentinels to agree on a primary")
+    primary = name_of(servers, current_primary(sentinels))
+    (replica,) = set(servers) - {primary}
+    wait_until(lambda: replication(replica).get("master_link_status") == "up", 60, "the replica")
+    return primary, replica
 
 
 class Writer:
@@ -130,7 +135,7 @@ class Writer:
 
 def lost_writes(writer, primary_name) -> tuple[set[int], set[int]]:
     """(acknowledged, accepted) members that the primary does not hold."""
-    out = host(primary_name).check_output(
+    out = container(primary_name).check_output(
         f"redis-cli -h 127.0.0.1 --pass {APP_PASSWORD} --no-auth-warning SMEMBERS molecule:writes"
     )
     members = {int(member) for member in out.split()}
@@ -139,17 +144,17 @@ def lost_writes(writer, primary_name) -> tuple[set[int], set[int]]:
     return acknowledged - members, accepted - members
 
 
-def test_replica_follows_the_initial_primary(servers):
-    first, second = servers
-    info = replication(second)
+def test_the_replica_follows_the_primary(servers, sentinels):
+    primary, replica = primary_and_replica(servers, sentinels)
+    info = replication(replica)
     assert info["role"] == "slave"
-    assert (info["master_host"], info["master_link_status"]) == (servers[first], "up")
-    assert replication(first)["connected_slaves"] == "1"
+    assert (info["master_host"], info["master_link_status"]) == (servers[primary], "up")
+    assert replication(primary)["connected_slaves"] == "1"
 
 
 def test_sentinels_agree_and_see_each_other(servers, sentinels):
-    first = next(iter(servers))
-    assert primary_per_sentinel(sentinels) == {(servers[first], 6379)}
+    primary, _ = primary_and_replica(servers, sentinels)
+    assert primary_per_sentinel(sentinels) == {(servers[primary], 6379)}
     for name in inventory_groups()["sentinel"]:
         lines = cli(name, f"SENTINEL MASTER {MASTER}", port=26379).splitlines()
         view = dict(zip(lines[0::2], lines[1::2], strict=True))
@@ -158,19 +163,19 @@ def test_sentinels_agree_and_see_each_other(servers, sentinels):
         assert view["down-after-milliseconds"] == "3000"
 
 
-def test_redis_cannot_rewrite_the_file_the_role_owns(servers):
-    first = next(iter(servers))
-    before = host(first).file("/etc/redis/redis.conf").sha256sum
-    out = host(first).run(f"redis-cli -h 127.0.0.1 {ADMIN} CONFIG REWRITE")
+def test_redis_cannot_rewrite_the_file_the_role_owns(servers, sentinels):
+    first, _ = primary_and_replica(servers, sentinels)
+    before = container(first).file("/etc/redis/redis.conf").sha256sum
+    out = container(first).run(f"redis-cli -h 127.0.0.1 {ADMIN} CONFIG REWRITE")
     assert "Read-only file system" in out.stdout + out.stderr
-    assert host(first).file("/etc/redis/redis.conf").sha256sum == before
+    assert container(first).file("/etc/redis/redis.conf").sha256sum == before
 
 
 def test_kill_9_of_the_primary(servers, sentinels):
-    first, second = servers
+    first, second = primary_and_replica(servers, sentinels)
     with Writer(sentinels) as writer:
         killed = time.monotonic()
-        host(first).check_output("systemctl kill --signal=SIGKILL redis-server")
+        container(first).check_output("systemctl kill --signal=SIGKILL redis-server")
         wait_until(lambda: current_primary(sentinels) == servers[second], 30, "promotion")
         promoted = time.monotonic() - killed
         wait_until(lambda: writer.count_after(writer.accepted, killed) >= 20, 20, "writes back")
@@ -189,16 +194,21 @@ def test_kill_9_of_the_primary(servers, sentinels):
     assert writes_back < WRITES_BACK_WITHIN
 
 
-def test_rerun_after_the_failover_changes_nothing_and_keeps_the_new_primary(servers, sentinels):
-    first, second = servers
+def test_a_rerun_changes_nothing_and_keeps_the_primary_sentinel_chose(servers, sentinels):
+    """After a failover (whichever test made one) the role must not reset the state
+    Sentinel wrote into its own config (DavidWittman/ansible-redis#22)."""
+    if current_primary(sentinels) == address(inventory_groups()["redis"][0]):
+        cli(inventory_groups()["sentinel"][0], f"SENTINEL FAILOVER {MASTER}", port=26379)
+    primary, replica = primary_and_replica(servers, sentinels)
+    assert primary != inventory_groups()["redis"][0], "no failover to keep"
     recap = rerun_playbook(SCENARIO / "converge.yml")
     assert {name: counts["changed"] for name, counts in recap.items()} == dict.fromkeys(recap, 0)
-    assert current_primary(sentinels) == servers[second]
-    assert replication(first)["master_host"] == servers[second]
+    assert current_primary(sentinels) == servers[primary]
+    assert replication(replica)["master_host"] == servers[primary]
 
 
 def test_planned_failover(servers, sentinels):
-    first, second = servers  # second is the primary since the kill -9
+    second, first = primary_and_replica(servers, sentinels)  # first: the one to promote
     with Writer(sentinels) as writer:
         started = time.monotonic()
         cli(inventory_groups()["sentinel"][0], f"SENTINEL FAILOVER {MASTER}", port=26379)

@@ -5,12 +5,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "shared"))
 
-from infra import attach_journal_on_failure
+from infra import APP_JOURNALS, attach_journal_on_failure
 
 # Quoted: the journal helper passes them through a shell.
 JOURNALS = {
     "lb": ["haproxy"],
-    "app": ["grimbots-web", "'rq-worker@*'"],
+    "app": APP_JOURNALS,
     "redis": ["redis-server", "redis-sentinel"],
     "sandbox": ["'grimbots-sandbox@*'", "postgresql@15-main"],
 }
