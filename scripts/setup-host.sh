@@ -55,7 +55,9 @@ base_image() {
 }
 
 # Two throwaway containers on a throwaway network: one serves HTTP, the other resolves it
-# by name and fetches a page. That is what the lab and every Molecule scenario need.
+# by name and fetches a page; then a command runs in the server's namespaces (nsenter, as
+# Ansible and the tests reach the containers). That is what the lab and every Molecule
+# scenario need.
 # Re-proved whenever the packages, podman's settings or the base image change.
 network() {
   step "podman network: two containers, one reaching the other by name"
@@ -91,8 +93,13 @@ network() {
       *) fail "podman network: the client container failed: $(tail -n1 <<<"$out")" ;;
     esac
   }
+  # Ansible and the tests run their commands in the containers through nsenter.
+  local pid
+  pid=$(podman inspect --format '{{.State.Pid}}' "$net-server")
+  out=$(nsenter --target="$pid" --mount --uts --ipc --net --pid --cgroup -- hostname 2>&1) \
+    || fail "nsenter: cannot enter a container's namespaces: $(tail -n1 <<<"$out")"
   echo "$key" >"$stamp"
-  echo "a container resolved and reached another by name"
+  echo "a container resolved and reached another by name; nsenter entered one ($out)"
 }
 
 venv() {
