@@ -40,6 +40,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from cpu import StageCpu
+from cpu import report as cpu_report
+
 HERE = Path(__file__).resolve().parent
 AUDIT_PLAYBOOK = HERE.parent / "playbooks" / "loadtest-audit.yml"
 
@@ -94,22 +97,33 @@ def plan(args: argparse.Namespace) -> list[Stage]:
 
 class WrapUp:
     """SIGUSR1: end the running stage's locust (SIGTERM: it stops its users gracefully and
-    writes its figures) and shorten the stages left."""
+    writes its figures) and shorten the stages left to --wrap-up-seconds."""
 
-    def __init__(self) -> None:
+    def __init__(self, seconds: int) -> None:
+        self.seconds = seconds
         self.asked = False
         self.locust: subprocess.Popen | None = None
+        self.shortened = False
         signal.signal(signal.SIGUSR1, self.ask)
 
     def ask(self, *_) -> None:
         self.asked = True
-        if self.locust and self.locust.poll() is None:
+        if self.locust and self.locust.poll() is None and not self.shortened:
             self.locust.terminate()
+
+    def stage(self, planned: Stage) -> Stage:
+        """The stage as it is to run: shortened once a wrap-up was asked."""
+        self.shortened = self.asked
+        if not self.shortened:
+            return planned
+        return dataclasses.replace(planned, seconds=min(planned.seconds, self.seconds))
 
     def run(self, command: list[str], env: dict[str, str]) -> None:
         self.locust = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
-        if self.asked:  # asked between two stages
-            self.locust.terminate()
+        if self.asked and not self.shortened:
+            # Asked between stage() and now: end this one after the wrap-up's time.
+            threading.Timer(self.seconds, self.locust.terminate).start()
+            self.shortened = True
         if self.locust.wait() not in (0, -signal.SIGTERM):
             raise subprocess.CalledProcessError(self.locust.returncode, command)
 
@@ -160,11 +174,18 @@ def run_stage(stage: Stage, args: argparse.Namespace, wrap_up: WrapUp) -> Result
         flush=True,
     )
     chaos = Chaos(args) if args.chaos and stage.name == "throughput" else None
+    cpu = StageCpu() if args.cpu else None
+    if cpu:
+        cpu.start()
     if chaos:
         chaos.start()
     wrap_up.run(command, env)
     if chaos:
         chaos.stop()
+    if cpu:
+        where = cpu_report(cpu.stop())
+        print(where, flush=True)
+        Path(f"{prefix}_cpu.txt").write_text(where + "\n")
     return read_result(stage, prefix, args, chaos)
 
 
@@ -375,6 +396,12 @@ def main() -> int:
         "--wrap-up-seconds", type=int, default=10, help="each stage left after SIGUSR1"
     )
     parser.add_argument(
+        "--cpu",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="per stage, the CPU of each lab container's programs and of the generator",
+    )
+    parser.add_argument(
         "--failures-only",
         action="store_true",
         help="gate every stage on its fail ratio only: for tests on a shared machine, where "
@@ -401,10 +428,9 @@ def main() -> int:
     (args.reports.parent / "last-run").write_text(f"{args.reports}\n")
 
     results = []
-    wrap_up = WrapUp()
-    for stage in plan(args):
-        if wrap_up.asked:
-            stage = dataclasses.replace(stage, seconds=min(stage.seconds, args.wrap_up_seconds))
+    wrap_up = WrapUp(args.wrap_up_seconds)
+    for planned in plan(args):
+        stage = wrap_up.stage(planned)
         result = run_stage(stage, args, wrap_up)
         results.append(result)
         for error in result.errors:
