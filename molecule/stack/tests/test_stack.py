@@ -213,13 +213,14 @@ def test_rolling_deploys_under_load_fail_no_request(lb, apps, front, psp, bots, 
 def failover_under_load(kind: str, groups, front, psp, bots, reports: Path, trigger) -> None:
     """Run the load, `trigger(primary)` (it returns when its action took effect, a Unix
     time), wait for the new primary and the old one back as its replica; measure and check
-    the figures, then the audit. The load tolerates refused webhooks (a 503 while no
-    replica can acknowledge, which Telegram re-sends); the audit proves that no webhook
-    answered 200 was lost. The promotion is read from Sentinel's journal, not timed by the
-    test: under load its polls through podman exec take seconds."""
+    the figures, then the audit. A webhook may be refused with a 503 while no replica can
+    acknowledge it (Telegram re-sends it), nothing else; the audit proves that no webhook
+    answered 200 was lost. The load's fail ratio is no gate here: its stage lasts about as
+    long as the failover, so refusals are most of it. The promotion is read from
+    Sentinel's journal, not timed by the test: under load its polls take seconds."""
     wait_until(lambda: in_sync(groups), 60, "the replica in sync before the failover")
     old = primary(groups)
-    with Load(front, psp, bots, reports, stage_seconds=300, max_fail_ratio=0.5) as run:
+    with Load(front, psp, bots, reports, stage_seconds=300, max_fail_ratio=1.0) as run:
         since = trigger(old)
         new = wait_until(lambda: (p := primary(groups)) != old and p, 30, "a new primary")
         switched = min(
@@ -229,6 +230,8 @@ def failover_under_load(kind: str, groups, front, psp, bots, reports: Path, trig
         promoted = switched - since
         wait_until(lambda: run.answer_gap(since) < 1e9, 60, "webhooks accepted again")
         wait_until(lambda: in_sync(groups), 90, f"{old} back as the replica of {new}")
+        synced = time.time()
+        wait_until(lambda: run.answered_since(synced) >= 100, 60, "webhooks on the new pair")
         run.wrap_up()
     assert replication(old).get("role") == "slave"
     gap = run.answer_gap(since)
@@ -238,6 +241,7 @@ def failover_under_load(kind: str, groups, front, psp, bots, reports: Path, trig
     measure(f"{kind}_accepted", run.statuses().get(200, 0))
     assert promoted < PROMOTED_WITHIN_S
     assert gap < ACKNOWLEDGED_BACK_WITHIN_S
+    assert set(run.statuses()) <= {200, 503}, run.statuses()
     audit(reports)
 
 
