@@ -70,7 +70,7 @@ INVENTORY ?= inventories/lab
 LINES ?= 100
 PLAYBOOK = $(BIN)/ansible-playbook -i $(INVENTORY)
 
-.PHONY: lab lab-down status restart logs
+.PHONY: lab lab-down status restart logs backup-drill
 lab: wheelhouse ## Build the lab (containers + site.yml + a demo bot) and print what to open
 	@$(BIN)/ansible-playbook -i inventories/lab playbooks/lab-up.yml
 
@@ -82,6 +82,9 @@ status: venv ## Every unit on every host plus /health, one table [INVENTORY=inve
 
 restart: venv ## Restart the app and the worker fleet, host by host [INVENTORY=...]
 	@$(PLAYBOOK) playbooks/restart.yml
+
+backup-drill: venv ## Restore the latest backup into a scratch cluster, compare it with the source, report the RTO [INVENTORY=...]
+	@$(PLAYBOOK) playbooks/backup-drill.yml
 
 logs: venv ## Journal of one host's stack units: make logs HOST=grimbots-lab-app1 [LINES=100]
 	@test -n "$(HOST)" || { echo "usage: make logs HOST=<inventory host> [LINES=100] [INVENTORY=...]" >&2; exit 2; }
