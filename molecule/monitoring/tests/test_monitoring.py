@@ -261,3 +261,27 @@ def test_grafana_tasks_pass_in_check_mode():
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert "grafana-datasource" in result.stdout or "datasources/grimbots.yml" in result.stdout
+
+
+# ---- the app host: a fresh install on the role's defaults, without a PSP --------------
+def test_the_app_runs_without_a_psp_and_its_maintenance_sweep_runs(app):
+    """No PIX setting, no PSP reconciliation timer, /health says so; the always-on
+    maintenance sweep runs all the same (it needs no PSP and no worker)."""
+    assert "GRIMBOTS_PIX_" not in app.file("/etc/grimbots/grimbots.env").content_string
+    assert not app.file("/etc/systemd/system/grimbots-reconcile.timer").exists
+    web = f"http://{private_address(app)}:8000/health"
+    assert get_json(app, web)["checks"]["pix"] == {"configured": False, "provider": None}
+    assert app.service("grimbots-maintenance.timer").is_enabled
+    assert app.service("grimbots-maintenance.timer").is_running
+    since = time.time()
+    app.check_output("systemctl start grimbots-maintenance.service")
+    props = app.check_output(
+        "systemctl show -p Result -p ExecMainStatus grimbots-maintenance.service"
+    )
+    assert "Result=success" in props and "ExecMainStatus=0" in props, props
+    # It swept, or the timer's run of this same minute had (one sweep per minute).
+    assert get_json(app, web)["checks"]["maintenance"]["last_run_seconds_ago"] <= 65
+    swept = json.loads(app.check_output("grimbots-manage maintenance --force"))
+    assert swept["swept"] is True and "failed jobs requeued" in swept, swept
+    last_run = get_json(app, web)["checks"]["maintenance"]["last_run_seconds_ago"]
+    assert last_run <= time.time() - since + 1

@@ -17,7 +17,16 @@ from pathlib import Path
 
 import httpx
 import pytest
-from infra import container, inventory_groups, measure, output, published, run_playbook, wait_until
+from infra import (
+    container,
+    inventory_groups,
+    measure,
+    output,
+    play_recap,
+    published,
+    run_playbook,
+    wait_until,
+)
 from load import Load, audit
 
 SOCKET = "/run/haproxy/admin.sock"
@@ -271,16 +280,28 @@ def test_a_planned_failover_under_load_loses_no_acknowledged_update(
 def test_a_host_added_to_the_inventory_takes_traffic_after_one_converge(
     lb, groups, apps, front, psp, bots, tmp_path
 ):
+    """One converge of the phases with a host added to `app`; it is also the stack's
+    idempotence proof (molecule.yml runs no idempotence step): after whatever the other
+    tests did (failovers, deploys), it changes nothing on the app and Redis hosts already
+    there; only the new host and what lists the app hosts (HAProxy's servers, pg_hba on
+    the database host) change."""
     spare = groups["spare"][0]
     inventory = Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent
     grown = tmp_path / "grown.yml"
     grown.write_text(json.dumps({"app": {"hosts": {spare: {}}}}))
     try:
         started = time.monotonic()
+        changed: Counter = Counter()
         for playbook in PHASES:
             converge = run_playbook(playbook, "-i", str(grown))
             assert converge.returncode == 0, output(converge)
+            for name, counts in play_recap(converge.stdout).items():
+                changed[name] += counts["changed"]
         measure("converge_with_a_new_host_s", round(time.monotonic() - started, 1))
+        measure("changed_per_host", dict(changed))
+        there = apps + groups["redis"]
+        assert {name: changed[name] for name in there} == dict.fromkeys(there, 0), changed
+        assert changed[spare] > 0 and changed[groups["lb"][0]] > 0, changed
         wait_until(lambda: status(lb, spare) == "UP", 60, f"{spare} UP")
         before = served(lb)
         with Load(front, psp, bots, tmp_path, stage_seconds=10) as run:
@@ -291,7 +312,7 @@ def test_a_host_added_to_the_inventory_takes_traffic_after_one_converge(
         audit(tmp_path)
     finally:
         # Out of the inventory again: the load balancer drains and drops it.
-        shrink = run_playbook(PHASES[1], inventory=inventory)
+        shrink = run_playbook(PHASES[1], "--limit", "lb", inventory=inventory)
         container(spare).run("systemctl disable --now grimbots.target grimbots-web.socket")
     assert shrink.returncode == 0, output(shrink)
     assert status(lb, spare) == "absent"
