@@ -33,7 +33,9 @@ class Load:
         reports: Path,
         *,
         stage_seconds: int,
-        rate: int = 40,
+        # Enough to keep requests in flight through whatever a test breaks; capacity is
+        # the benchmarks' business (docs/benchmarks.md), and the lanes share two cores.
+        rate: int = 20,
         max_fail_ratio: float = 0.0,
     ):
         self.reports = reports

@@ -138,7 +138,7 @@ def test_the_move_under_load_loses_and_duplicates_nothing(app, db, pg_url, tmp_p
         switched = time.time()
         assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
         assert env_url(app).startswith("postgresql+psycopg://")
-        wait_until(lambda: load.answered_since(switched) >= 400, 120, "answers on PostgreSQL")
+        wait_until(lambda: load.answered_since(switched) >= 200, 120, "answers on PostgreSQL")
         load.wrap_up()
     audit(tmp_path)
 
