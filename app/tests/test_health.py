@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import time
 
 import orjson
 import pytest
-from grimbots.lab.servers import GRIMBOTS, free_port
+from grimbots.health import RecentCheck
+from grimbots.lab.servers import GRIMBOTS, RedisServer, free_port, wait_until
 from grimbots.queues import ALL_QUEUES
+from grimbots.services import init_services
 from grimbots.settings import load_settings
 from grimbots.web import create_wsgi_app
 from werkzeug.test import Client
@@ -82,3 +86,41 @@ def test_keeps_the_seed_fields(settings):
     assert abs((datetime.now(UTC) - stamp).total_seconds()) < 5
     assert report["status"] in ("healthy", "degraded")
     assert set(report["checks"]) >= {"database", "redis", "queues", "failed_jobs", "maintenance"}
+
+
+def test_answers_from_the_newest_report_while_a_probe_hangs(env, tmp_path):
+    """A paused Redis (SIGSTOP: it accepts, never answers) holds the refresh for the
+    client's socket timeout. /health answers meanwhile with the report it had, then
+    unhealthy once that report is older than stale_after, and unhealthy after the
+    refresh: the host leaves rotation for a hung dependency, not for a slow one."""
+    server = RedisServer(tmp_path)
+    server.start()
+    services = init_services(load_settings(env | {"GRIMBOTS_REDIS_URL": server.url}))
+    recent = RecentCheck(services, max_age=0.0, stale_after=0.3)
+    try:
+        before = recent.check()  # the first report is computed in place
+        assert before[0] == "degraded"  # no workers in this test
+        os.kill(server.pid, signal.SIGSTOP)
+        assert recent.check() is before  # a refresh started; the answer did not wait for it
+
+        def answer_when(stale: bool):
+            answer = recent.check()
+            return answer if ("error" in answer[1]) == stale else None
+
+        status, report = wait_until(
+            lambda: answer_when(stale=True),
+            timeout=1.5,
+            what="the answer while the refresh hangs, once the report is stale",
+        )
+        assert status == report["status"] == "unhealthy"
+        assert report["error"].startswith("the health probes have not finished")
+        assert report["timestamp"] == before[1]["timestamp"]
+        status, report = wait_until(
+            lambda: answer_when(stale=False),
+            timeout=10,
+            what="the refresh's own report (Redis timed out)",
+        )
+        assert (status, report["checks"]["redis"]["ok"]) == ("unhealthy", False)
+    finally:
+        os.kill(server.pid, signal.SIGCONT)
+        server.stop()

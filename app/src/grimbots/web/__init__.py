@@ -10,6 +10,7 @@ from flask import Flask, g, request
 
 from grimbots import metrics
 from grimbots.bot_secrets import BotSecretCache, database_loader
+from grimbots.health import RecentCheck
 from grimbots.pix_ingest import PixIngest
 from grimbots.services import init_services
 from grimbots.settings import Settings
@@ -34,6 +35,7 @@ def create_app(settings: Settings) -> Flask:
         "services": services,
         "ingest": ingest,
         "pix_ingest": PixIngest(services),
+        "health": RecentCheck(services),
     }
 
     app.register_blueprint(pix_webhook)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from flask import Flask
 
 if TYPE_CHECKING:  # types only: importing these here would make the cycle this avoids
+    from grimbots.health import RecentCheck
     from grimbots.pix_ingest import PixIngest
     from grimbots.services import Services
     from grimbots.telegram_ingest import TelegramIngest
@@ -28,3 +29,7 @@ def ingest_of(app: Flask) -> TelegramIngest:
 
 def pix_ingest_of(app: Flask) -> PixIngest:
     return app.extensions[EXTENSION]["pix_ingest"]
+
+
+def health_of(app: Flask) -> RecentCheck:
+    return app.extensions[EXTENSION]["health"]
