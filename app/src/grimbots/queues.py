@@ -14,10 +14,12 @@ ALL_QUEUES = (TASKS, GATEWAY, WEBHOOK)
 PROCESS_UPDATE = "grimbots.jobs.updates.process_update"
 
 JOB_TIMEOUT_SECONDS = 60
-# Results are not read by anyone; keep them briefly for debugging. Failures stay a week.
+# Results are not read by anyone; keep them a minute for debugging. Failures stay a week.
 # A finished update job with its result costs Redis ~6.5 KB (docs/benchmarks.md, "Reply
-# path"): an hour of them at 340 updates/s would hold 8 GB, five minutes 0.7 GB.
-RESULT_TTL_SECONDS = 300
+# path"): a minute at 1,000 updates/s holds 0.4 GB. At five minutes the lab's 512 MB Redis
+# filled while a backlog drained (docs/benchmarks.md, the phase-3 lab), and then the
+# workers' own writes were refused too (OOM), which slowed the drain that frees memory.
+RESULT_TTL_SECONDS = 60
 FAILURE_TTL_SECONDS = 7 * 86400
 # Telegram updates: re-run on an exception or when the worker died mid-job (re-running an
 # update is safe: every write is idempotent and a reply is sent at most once). The first
