@@ -88,15 +88,25 @@ def test_keeps_the_seed_fields(settings):
     assert set(report["checks"]) >= {"database", "redis", "queues", "failed_jobs", "maintenance"}
 
 
+def test_a_report_older_than_stale_after_is_replaced_in_place(settings):
+    """A process nobody asked for a while checks afresh: its old report is neither the
+    answer nor a reason to answer unhealthy (stale_after 0: every report is too old)."""
+    recent = RecentCheck(init_services(settings), max_age=0.0, stale_after=0.0)
+    first = recent.check()
+    second = recent.check()
+    assert second is not first
+    assert second[0] == first[0] == "degraded"  # no workers in this test
+
+
 def test_answers_from_the_newest_report_while_a_probe_hangs(env, tmp_path):
     """A paused Redis (SIGSTOP: it accepts, never answers) holds the refresh for the
     client's socket timeout. /health answers meanwhile with the report it had, then
-    unhealthy once that report is older than stale_after, and unhealthy after the
+    unhealthy once the refresh has run longer than stale_after, and unhealthy after the
     refresh: the host leaves rotation for a hung dependency, not for a slow one."""
     server = RedisServer(tmp_path)
     server.start()
     services = init_services(load_settings(env | {"GRIMBOTS_REDIS_URL": server.url}))
-    recent = RecentCheck(services, max_age=0.0, stale_after=0.3)
+    recent = RecentCheck(services, max_age=0.0, stale_after=1.0)
     try:
         before = recent.check()  # the first report is computed in place
         assert before[0] == "degraded"  # no workers in this test
@@ -109,7 +119,7 @@ def test_answers_from_the_newest_report_while_a_probe_hangs(env, tmp_path):
 
         status, report = wait_until(
             lambda: answer_when(stale=True),
-            timeout=1.5,
+            timeout=2.5,
             what="the answer while the refresh hangs, once the report is stale",
         )
         assert status == report["status"] == "unhealthy"

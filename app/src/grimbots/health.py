@@ -115,10 +115,11 @@ class RecentCheck:
     database probe alone took 0.1-0.7 s, HAProxy's 1 s check timed out on both app hosts
     and it took them out of rotation together: a quarter of the stage answered 503
     (docs/benchmarks.md). A busy host is still a working one. So a call answers with the
-    newest report and starts one refresh when that report is older than `max_age`; the
-    first call computes in place. If a refresh has not finished `stale_after` seconds
-    after the report it would replace, the answer is unhealthy: a hung dependency still
-    takes the host out (the probes' own timeouts make that rare).
+    newest report and starts one refresh when that report is older than `max_age`. With no
+    report younger than `stale_after` (the first call, a process nobody asked for a while)
+    the call checks in place. A refresh still running `stale_after` seconds after it
+    started answers unhealthy: a hung dependency still takes the host out (the probes' own
+    timeouts make that rare).
     """
 
     def __init__(self, services: Services, max_age: float = 1.0, stale_after: float = 10.0):
@@ -128,23 +129,27 @@ class RecentCheck:
         self._lock = threading.Lock()
         self._latest: tuple[str, dict[str, Any]] | None = None
         self._checked_at = 0.0
-        self._refreshing = False
+        self._refresh_started: float | None = None  # None: no refresh running
 
     def check(self) -> tuple[str, dict[str, Any]]:
         now = time.monotonic()
         with self._lock:
-            latest, age = self._latest, now - self._checked_at
-            start = latest is not None and age >= self._max_age and not self._refreshing
-            self._refreshing = self._refreshing or start
-        if latest is None:
+            latest, age, started = self._latest, now - self._checked_at, self._refresh_started
+            start = started is None and (latest is None or age >= self._max_age)
+            if start:
+                self._refresh_started = now
+        if start and (latest is None or age > self._stale_after):
             return self._refresh()
         if start:
             threading.Thread(target=self._refresh, name="health-refresh", daemon=True).start()
-        if age > self._stale_after:
-            return "unhealthy", latest[1] | {
+        elif started is not None and now - started > self._stale_after:
+            report = latest[1] if latest is not None else {"checks": {}}
+            return "unhealthy", report | {
                 "status": "unhealthy",
-                "error": f"the health probes have not finished for {age:.0f} s",
+                "error": f"the health probes have not finished for {now - started:.0f} s",
             }
+        if latest is None:  # another call's first check is still running
+            return check(self._services)
         return latest
 
     def _refresh(self) -> tuple[str, dict[str, Any]]:
@@ -155,4 +160,4 @@ class RecentCheck:
             return result
         finally:
             with self._lock:
-                self._refreshing = False
+                self._refresh_started = None
