@@ -140,16 +140,15 @@ class RecentCheck:
                 self._refresh_started = now
         if start and (latest is None or age > self._stale_after):
             return self._refresh()
+        if latest is None:  # another call's first check is still running
+            return check(self._services)
         if start:
             threading.Thread(target=self._refresh, name="health-refresh", daemon=True).start()
         elif started is not None and now - started > self._stale_after:
-            report = latest[1] if latest is not None else {"checks": {}}
-            return "unhealthy", report | {
+            return "unhealthy", latest[1] | {
                 "status": "unhealthy",
                 "error": f"the health probes have not finished for {now - started:.0f} s",
             }
-        if latest is None:  # another call's first check is still running
-            return check(self._services)
         return latest
 
     def _refresh(self) -> tuple[str, dict[str, Any]]:
