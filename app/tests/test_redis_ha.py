@@ -22,11 +22,13 @@ from pathlib import Path
 
 import orjson
 import pytest
+from grimbots.lab.audit import jobs_left
 from grimbots.lab.servers import GRIMBOTS, Process, RedisServer, SentinelServer, wait_until
 from grimbots.models import InboundUpdate
-from grimbots.queues import TASKS, update_job_id
+from grimbots.queues import TASKS, get_queue, update_job_id
 from grimbots.settings import load_settings
 from grimbots.web import create_wsgi_app, services_of
+from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 from sqlalchemy import select
 from support import measure, start_message
 from werkzeug.test import Client
@@ -195,6 +197,53 @@ def test_without_replica_acks_the_webhook_does_not_wait(env, bot, replicated):
         os.kill(replica.process.pid, signal.SIGCONT)
 
 
+# --- An outage longer than a retry budget ---------------------------------------------------
+
+# Longer than the retries the workers had before they waited for Redis without end (about
+# 21 s): Sentinel's re-election after a failed first one takes 2 x failover-timeout more.
+OUTAGE_SECONDS = 30
+
+
+@pytest.mark.timeout(120)
+def test_a_worker_mid_job_waits_out_a_long_redis_outage(env, bot, services, telegram, tmp_path):
+    # Every write on disk before it is acknowledged: the restarted server has all of them.
+    server = RedisServer(tmp_path, "--appendonly", "yes", "--appendfsync", "always")
+    server.start()
+    try:
+        worker_env = env | {"GRIMBOTS_REDIS_URL": server.url}
+        client, flask_app = webhook_client(worker_env)
+        worker = Process([GRIMBOTS, "worker", TASKS], worker_env, tmp_path / "worker.log")
+        try:
+            # The first reply answers late (within the client's 2 s): its job is still running.
+            telegram.faults(slow={"delay": 1.5, "count": 1})
+            posted = list(range(1, 21))
+            assert {post(client, bot, u) for u in posted} == {200}
+            wait_until(lambda: telegram.calls("sendMessage"), what="the worker's first reply")
+            server.kill()  # mid-job: its job is started, its result not yet written
+            time.sleep(OUTAGE_SECONDS)  # the outage itself, not a wait for a condition
+            server.start()
+
+            def drained() -> bool:
+                left = jobs_left(server.client(), (TASKS,))
+                return set(posted) <= processed_update_ids(services, bot) and not any(left.values())
+
+            try:
+                wait_until(drained, timeout=60, what="every update processed, no job left")
+            except AssertionError as timed_out:
+                raise AssertionError(
+                    f"{timed_out}; left: {jobs_left(server.client(), (TASKS,))}; worker alive: "
+                    f"{worker.popen.poll() is None}; its output: {worker.output()[-3000:]}"
+                ) from None
+            assert worker.popen.poll() is None, f"the worker died: {worker.output()[-3000:]}"
+            sent = [(c["params"]["chat_id"], c["params"]["text"]) for c in telegram.calls()]
+            assert len(sent) == len(set(sent)), "a reply was sent twice"
+        finally:
+            worker.stop()
+            services_of(flask_app).db.dispose()
+    finally:
+        server.stop()
+
+
 # --- Sentinel failover under load -----------------------------------------------------------
 
 
@@ -290,17 +339,43 @@ def run_failover(cluster, env, bot, services, tmp_path, trigger, name: str) -> N
         )
         # The workers followed the failover: every acknowledged update gets processed, and
         # no worker died on the way.
-        wait_until(
-            lambda: set(accepted) <= processed_update_ids(services, bot),
-            timeout=90,
-            what="the workers to process every acknowledged update",
-        )
+        try:
+            wait_until(
+                lambda: set(accepted) <= processed_update_ids(services, bot),
+                timeout=90,
+                what="the workers to process every acknowledged update",
+            )
+        except AssertionError as timed_out:
+            missing = sorted(set(accepted) - processed_update_ids(services, bot))
+            raise AssertionError(
+                f"{timed_out}: {len(missing)} not processed; where they are: "
+                f"{whereabouts(new_master, [update_id_job(bot, u) for u in missing[:20]])}; "
+                f"workers alive: {[w.popen.poll() is None for w in workers]}; "
+                f"last worker output: {[w.output()[-2000:] for w in workers]}"
+            ) from None
         for worker in workers:
             assert worker.popen.poll() is None, f"a worker died: {worker.output()[-3000:]}"
     finally:
         for worker in workers:
             worker.stop()
         services_of(flask_app).db.dispose()
+
+
+def whereabouts(connection, job_ids: list[str]) -> dict[str, str]:
+    """Each job's status and the lists and registries of the tasks queue that hold it."""
+    queue = get_queue(TASKS, connection)
+    places = {
+        "queued": queue.get_job_ids(),
+        "dequeued": queue.intermediate_queue.get_job_ids(),
+        "started": StartedJobRegistry(queue=queue).get_job_ids(),
+        "failed": FailedJobRegistry(queue=queue).get_job_ids(),
+        "scheduled": ScheduledJobRegistry(queue=queue).get_job_ids(),
+    }
+    return {
+        job_id: f"{connection.hget(f'rq:job:{job_id}', 'status')!r} in "
+        f"{[name for name, ids in places.items() if job_id in ids]}"
+        for job_id in job_ids
+    }
 
 
 def kill_primary(cluster: Cluster) -> None:

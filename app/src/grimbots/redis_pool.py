@@ -7,6 +7,7 @@ that built it and a forked child builds its own on first use.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from typing import Any
@@ -16,7 +17,10 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelManagedConnection
 
+from grimbots.logs import event
 from grimbots.settings import Settings
+
+log = logging.getLogger(__name__)
 
 SOCKET_TIMEOUT = 2.0
 CONNECT_TIMEOUT = 1.0
@@ -24,12 +28,40 @@ HEALTH_CHECK_INTERVAL = 30
 # How long a caller waits for a free connection when all pool_size are busy, before
 # failing (and the webhook answering 503) instead of queueing forever.
 POOL_WAIT_TIMEOUT = 2.0
-# Workers ride through a Sentinel failover (failure detection, election, promotion: about
-# down-after-milliseconds + 2 s) or a Redis restart instead of dying mid-job: a command
-# that fails on a connection error is retried on a fresh connection (which asks Sentinel
-# for the primary again) for about 20 s, 0.1 s doubling to 1 s between tries. A retried
-# write may run twice; every job and effect is idempotent by key, which makes that safe.
-FAILOVER_RETRY = Retry(ExponentialBackoff(cap=1.0, base=0.1), retries=24)
+# Workers wait for Redis for as long as it is away instead of dying mid-job: a command that
+# fails on a connection error is retried on a fresh connection (which asks Sentinel for the
+# primary again), 0.1 s doubling to 1 s between tries, without end. A worker that gave up
+# after a budget (it had about 20 s) left its started jobs to the maintenance sweep, minutes
+# later, and Sentinel's failover can outlast any such budget: a failed first election is
+# tried again after 2 x failover-timeout (120 s with the redis role's defaults). A job stuck
+# on Redis is still stopped by its timeout; a retried write may run twice, and every job and
+# effect is idempotent by key, which makes that safe.
+WAIT_LOG_EVERY = 30  # tries: about 30 s apart, from the 5th try on (1 s between)
+
+
+class WaitForRedis(Retry):
+    """Retries without end, and says so in the log on the first failure and every
+    WAIT_LOG_EVERY after it (redis-py's own retries are silent)."""
+
+    def call_with_retry(self, do, fail, is_retryable=None, with_failure_count=False):
+        def fail_and_log(error: Exception, failures: int) -> None:
+            if failures == 1 or failures % WAIT_LOG_EVERY == 0:
+                event(
+                    log,
+                    logging.WARNING,
+                    "redis unavailable, retrying",
+                    tries=failures,
+                    error=str(error),
+                )
+            if with_failure_count:
+                fail(error, failures)
+            else:
+                fail(error)
+
+        return super().call_with_retry(do, fail_and_log, is_retryable, with_failure_count=True)
+
+
+FAILOVER_RETRY = WaitForRedis(ExponentialBackoff(cap=1.0, base=0.1), retries=-1)
 
 
 class PrimaryFollowingConnection(SentinelManagedConnection):
