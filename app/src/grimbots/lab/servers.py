@@ -229,6 +229,7 @@ class SentinelServer(RedisServer):
             f"sentinel down-after-milliseconds {self.master} {self.down_after_ms}\n"
             f"sentinel failover-timeout {self.master} 10000\n"
             f"sentinel auth-pass {self.master} {self.master_password}\n"
+            f"logfile {self.workdir}/sentinel-{self.port}.log\n"
         )
         self._spawn(str(self.conf), "--sentinel")
 
