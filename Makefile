@@ -102,7 +102,7 @@ LOADTEST_ARGS ?=
 LOADTEST = $(BIN)/python loadtest/run.py --host $(LOADTEST_HOST) --psp $(LOADTEST_PSP) \
 	--bots $(LOADTEST_BOTS) --inventory $(INVENTORY) --reports $(LOADTEST_REPORTS)
 
-.PHONY: loadtest chaos audit
+.PHONY: loadtest chaos audit loadtest-databases
 loadtest: setup ## Staged load test (10-200 users, 1,000 req/s, retries), gates, then the audit
 	@test -s $(LOADTEST_BOTS) || { echo "no $(LOADTEST_BOTS): run make lab first" >&2; exit 2; }
 	@$(LOADTEST) $(LOADTEST_ARGS)
@@ -110,6 +110,9 @@ loadtest: setup ## Staged load test (10-200 users, 1,000 req/s, retries), gates,
 chaos: setup ## 1,000 req/s with workers SIGKILLed, gunicorn restarted, an app host stopped and a Redis failover mid-stage, retries, the audit
 	@test -s $(LOADTEST_BOTS) || { echo "no $(LOADTEST_BOTS): run make lab first" >&2; exit 2; }
 	@$(LOADTEST) --chaos --chaos-stop-app-host --chaos-redis-failover --ramp --reports $(LOADTEST_REPORTS)-chaos $(LOADTEST_ARGS)
+
+loadtest-databases: wheelhouse ## SQLite against PostgreSQL on the same hosts: phase 1, the stages, phase 2, the stages again
+	@loadtest/databases.sh
 
 # The run to audit: AUDIT_REPORTS=reports/loadtest-chaos, or by default the last run.
 AUDIT_REPORTS ?= $(shell cat reports/last-run 2>/dev/null)
