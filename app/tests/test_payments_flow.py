@@ -8,16 +8,16 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from grimbots import metrics
+from grimbots import metrics, payments
 from grimbots.jobs.gateway import reconcile_one
 from grimbots.jobs.webhook import event_job_id
 from grimbots.lab.servers import wait_until
 from grimbots.models import Delivery, OutboxMessage, Payment, PaymentEvent
 from grimbots.queues import GATEWAY, TASKS, WEBHOOK
-from payment_support import PIX_PATH, sent_texts
+from payment_support import PIX_PATH, make_lead, sent_texts
 from rq import Queue
 from rq.job import Job
-from sqlalchemy import select
+from sqlalchemy import select, text
 from support import buy_callback, count, post_update
 
 
@@ -123,6 +123,31 @@ def test_double_tapped_buy_makes_one_charge_and_one_code(
     assert count(services, Payment) == 1
     assert len(sent_texts(telegram, 9002, "PIX for")) == 1
     assert len(telegram.calls("answerCallbackQuery", status=200)) == 10
+
+
+def test_charges_open_once_their_insert_is_planned_without_its_values(services, bot):
+    # psycopg prepares a statement its connection has run 5 times, and PostgreSQL may then
+    # plan it once for any values (a generic plan): in the lab's chaos run every charge job
+    # of a long-lived gateway worker failed there, because the ON CONFLICT's partial-index
+    # predicate was a parameter, which a generic plan cannot match to the index. Forced here.
+    leads = [make_lead(services, bot, user_id) for user_id in range(9100, 9110)]
+    with services.db.session() as session:
+        session.execute(text("SET LOCAL plan_cache_mode = force_generic_plan"))
+        for lead_id in leads:
+            # The second asks for the same charge: the same row comes back.
+            first, again = (
+                payments.open_charge(
+                    session,
+                    bot_id=bot.id,
+                    lead_id=lead_id,
+                    offer_id=bot.offer_id,
+                    amount_cents=1990,
+                    provider="apipix",
+                )[0].id
+                for _ in range(2)
+            )
+            assert first == again
+    assert count(services, Payment) == len(leads)
 
 
 def test_worker_killed_between_paid_and_delivered_delivers_once(

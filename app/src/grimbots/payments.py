@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import orjson
-from sqlalchemy import func, select, update
+from sqlalchemy import func, literal_column, select, update
 from sqlalchemy.orm import Session
 
 from grimbots.db import Database, insert_for
@@ -101,8 +101,12 @@ def open_charge(
             provider=provider,
             txid=txid_for(payment_id),
         )
+        # The index's predicate as a literal, not a parameter: a generic plan (psycopg
+        # prepares a statement run 5 times) knows no parameter's value, so it matched no
+        # index and every charge failed ("no unique or exclusion constraint matching").
         .on_conflict_do_nothing(
-            index_elements=["lead_id", "offer_id"], index_where=Payment.status == PENDING
+            index_elements=["lead_id", "offer_id"],
+            index_where=Payment.status == literal_column(f"'{PENDING}'"),
         )
     ).rowcount
     payment = session.scalar(
