@@ -31,7 +31,8 @@ def figure(stats: dict | None, rate: bool = False) -> str:
     return f"{float(stats['Requests/s']):,.1f} req/s, {latency}" if rate else latency
 
 
-def first_line(path: Path, containing: str = "") -> str:
+def last_line(path: Path, containing: str = "") -> str:
+    """The file's last line that holds `containing`, or "-"."""
     if not path.exists():
         return "-"
     lines = [line for line in path.read_text().splitlines() if containing in line]
@@ -71,9 +72,9 @@ def main(folders: list[Path]) -> None:
         print(f"| {stage}: PSP callback P50 / P95 | {' | '.join(cells)} |")
     cells = [backlog(folder) for folder in folders]
     print(f"| `tasks` queued during the run | {' | '.join(cells)} |")
-    cells = [first_line(folder / "drain.txt").split(": ", 1)[-1] for folder in folders]
+    cells = [last_line(folder / "drain.txt").split(": ", 1)[-1] for folder in folders]
     print(f"| workers' drain once the load stopped | {' | '.join(cells)} |")
-    cells = [first_line(folder / "audit.txt", "audit:") for folder in folders]
+    cells = [last_line(folder / "audit.txt", "audit:") for folder in folders]
     print(f"| audit | {' | '.join(cells)} |")
 
 

@@ -103,7 +103,7 @@ def open_charge(
         )
         # The index's predicate as a literal, not a parameter: a generic plan (psycopg
         # prepares a statement run 5 times) knows no parameter's value, so it matched no
-        # index and every charge failed ("no unique or exclusion constraint matching").
+        # index and the charge failed ("no unique or exclusion constraint matching").
         .on_conflict_do_nothing(
             index_elements=["lead_id", "offer_id"],
             index_where=Payment.status == literal_column(f"'{PENDING}'"),
